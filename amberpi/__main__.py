@@ -1,0 +1,108 @@
+"""Entry point: signals, logging set-up, verbs, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import traceback
+from pathlib import Path
+from types import FrameType
+
+from amberpi.cache import Cache, Incremental
+from amberpi.cli import parse_args, setting_overrides
+from amberpi.config import list_boards, load_config, summary_lines
+from amberpi.errors import AmberPiError
+from amberpi.log import LOG
+from amberpi.run import stop_all
+
+EXIT_INTERRUPTED = 130
+_interrupted = False
+
+
+def on_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM and SIGHUP become KeyboardInterrupt; repeats are ignored during cleanup."""
+    global _interrupted
+    if _interrupted:
+        return
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def print_boards() -> None:
+    boards = list_boards()
+    width = max(len(name) for name in boards)
+    for name, description in boards.items():
+        print(f"{name:<{width}}  {description}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    LOG.verbose = getattr(args, "verbose", False)
+    LOG.debug = getattr(args, "debug", False)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        return run_verb(args)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop_all()
+        LOG.note("interrupted: stopped, mounts released, no image written")
+        return EXIT_INTERRUPTED
+    except AmberPiError as exc:
+        LOG.note(exc.render())
+        if LOG.log_path and LOG.log_path.exists():
+            LOG.note(f"  build log: {LOG.log_path}")
+        return exc.exit_code
+    except Exception:  # noqa: BLE001 - the last line of defence turns bugs into a clear message
+        if LOG.debug:
+            traceback.print_exc()
+        else:
+            LOG.note(f"internal error: {traceback.format_exc().splitlines()[-1]} (run with --debug for the traceback)")
+        return 1
+
+
+def run_verb(args) -> int:  # type: ignore[no-untyped-def]
+    if args.list_boards or args.verb == "boards":
+        print_boards()
+        return 0
+    config_file = Path(args.config) if args.config else None
+    config = load_config(config_file, setting_overrides(args))
+    if args.verb == "summary":
+        if args.json:
+            print(json.dumps(config.to_json(), indent=2))
+        else:
+            print("\n".join(summary_lines(config)))
+        return 0
+    if args.verb == "clean":
+        return clean(config, args.force)
+    from amberpi.hostsetup import prepare_native_host
+    from amberpi.pipeline import Pipeline
+
+    prepare_native_host()
+    if args.verb == "validate":
+        Pipeline(config).validate()
+        LOG.note("config and host are ready to build")
+        return 0
+    incremental = Incremental.no if args.no_cache else Incremental(args.incremental)
+    LOG.note(f"AmberPi: building {config.name} (board {config.board}, {config.suite} arm64, backend native, mirror {config.mirror})")
+    Pipeline(config, incremental=incremental, keep_workspace=args.keep_workspace).build()
+    return 0
+
+
+def clean(config, force: bool) -> int:  # type: ignore[no-untyped-def]
+    output = Path(config.output)
+    removed = 0
+    for pattern in (f"{config.name}.*", f".{config.name}.img.partial"):
+        for path in output.glob(pattern):
+            path.unlink()
+            removed += 1
+    LOG.note(f"removed {removed} output file(s) from {output}")
+    if force:
+        Cache(Path(config.cache_dir), Incremental.yes).clean()
+        LOG.note(f"emptied the cache {config.cache_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Content-addressed stage cache.
+
+A stage's key is the sha256 of canonical JSON of {name, version, key inputs,
+upstream keys}: a chain, so a change anywhere reruns that stage and every stage
+after it. Entries are built in a staging folder and renamed into place with a
+`key.json` written last; an entry without it is partial and never used.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from amberpi.errors import CacheError, LockError
+from amberpi.log import LOG
+from amberpi.mounts import remove_tree
+
+
+class Incremental(enum.StrEnum):
+    """How the cache is used: `no` rebuilds everything, `strict` fails on any stale stage."""
+
+    yes = "yes"
+    no = "no"
+    strict = "strict"
+
+
+def canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def stage_key(name: str, version: int, inputs: dict[str, Any], upstream: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    manifest = {"name": name, "version": version, "inputs": inputs, "upstream": upstream}
+    return hashlib.sha256(canonical(manifest).encode()).hexdigest(), manifest
+
+
+def digest_paths(paths: list[Path]) -> str:
+    """A digest of files' relative names, modes and contents (folders walked in order)."""
+    h = hashlib.sha256()
+    for base in paths:
+        if not base.exists():
+            h.update(f"missing:{base.name}".encode())
+            continue
+        items = [base] if base.is_file() else sorted(p for p in base.rglob("*"))
+        for item in items:
+            rel = item.name if item == base else str(item.relative_to(base))
+            if item.is_symlink():
+                h.update(f"L:{rel}:{os.readlink(item)}\0".encode())
+            elif item.is_file():
+                h.update(f"F:{rel}:{item.stat().st_mode & 0o7777:o}\0".encode())
+                h.update(hashlib.sha256(item.read_bytes()).digest())
+            elif item.is_dir():
+                h.update(f"D:{rel}\0".encode())
+    return h.hexdigest()
+
+
+def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Paths of the fields that differ between two key manifests."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+class Cache:
+    def __init__(self, root: Path, mode: Incremental) -> None:
+        self.root = root
+        self.mode = mode
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cannot create the cache folder {root}: {exc.strerror}", hint="choose another with --cache-dir") from None
+
+    def entry(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def lookup(self, stage: str, key: str) -> Path | None:
+        if self.mode is Incremental.no:
+            return None
+        entry = self.entry(stage, key)
+        if (entry / "key.json").is_file():
+            os.utime(entry)
+            return entry
+        if entry.exists():
+            LOG.detail(f"cache: discarding partial entry {entry}")
+            remove_tree(entry)
+        return None
+
+    def explain_miss(self, stage: str, manifest: dict[str, Any]) -> str:
+        """Which key fields changed since the newest entry of this stage."""
+        folder = self.root / stage
+        entries = sorted(folder.glob("*/key.json"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.exists() else []
+        if not entries:
+            return "no earlier entry"
+        old = json.loads(entries[0].read_text())
+        changes = changed_fields(old, manifest)
+        return "changed: " + ", ".join(changes[:6]) if changes else "entry missing"
+
+    @contextmanager
+    def staging(self, stage: str, key: str, manifest: dict[str, Any]) -> Iterator[Path]:
+        """A folder to build an entry in; committed by rename only if the block succeeds."""
+        folder = self.root / stage
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".tmp-{key[:16]}-{os.getpid()}"
+        if tmp.exists():
+            remove_tree(tmp)
+        tmp.mkdir()
+        try:
+            yield tmp
+            (tmp / "key.json").write_text(canonical(manifest))
+            final = self.entry(stage, key)
+            if final.exists():
+                remove_tree(final)
+            os.rename(tmp, final)
+        finally:
+            if tmp.exists():
+                remove_tree(tmp)
+        self.prune(stage, keep=3)
+
+    def prune(self, stage: str, keep: int) -> None:
+        """Keep the newest few entries of a stage: trees are large."""
+        folder = self.root / stage
+        entries = sorted((p for p in folder.iterdir() if (p / "key.json").exists()), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[keep:]:
+            remove_tree(old)
+
+    def clean(self) -> None:
+        for child in self.root.iterdir():
+            if child.is_dir():
+                remove_tree(child)
+            else:
+                child.unlink()
+
+    def timings_file(self) -> Path:
+        return self.root / "timings.json"
+
+    def load_timings(self) -> dict[str, float]:
+        try:
+            data = json.loads(self.timings_file().read_text())
+            return {str(k): float(v) for k, v in data.items()}
+        except (OSError, ValueError):
+            return {}
+
+    def save_timings(self, timings: dict[str, float]) -> None:
+        merged = self.load_timings()
+        merged.update(timings)
+        tmp = self.timings_file().with_suffix(".tmp")
+        tmp.write_text(json.dumps(merged, indent=1))
+        os.replace(tmp, self.timings_file())
+
+
+@contextmanager
+def locked(path: Path, what: str) -> Iterator[None]:
+    """An exclusive flock on `path`, failing fast when another build holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        deadline = time.monotonic() + 2
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LockError(f"another build is using {what}", where=str(path), hint="wait for it to finish") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """Copy a rootfs preserving owners, modes, links, devices and xattrs."""
+    from amberpi.run import run
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        remove_tree(target)
+    run(["cp", "-a", "--reflink=auto", str(source), str(target)], label="cp")
+
+

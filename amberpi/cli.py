@@ -1,0 +1,83 @@
+"""Command line: verbs and flags only. Flags for settings derive from config.py."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from amberpi import __version__
+from amberpi.cache import Incremental
+from amberpi.config import SETTING_FIELDS
+
+VERBS = ("build", "validate", "summary", "boards", "clean")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for name, spec in SETTING_FIELDS.items():
+        if not spec.metadata.get("cli"):
+            continue
+        choices = spec.metadata.get("choices")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=spec.metadata["help"] + (f" ({', '.join(choices)})" if choices else ""),
+        )
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=str, default=None, metavar="FILE", help="YAML file of settings (see `summary` for the keys)")
+    add_setting_flags(parser)
+    parser.add_argument("--verbose", "-v", action="store_true", help="stream every command and its output")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="build.py",
+        description="AmberPi: build indestructible Raspberry Pi images from Debian's archive. "
+        "With no verb, `build` is assumed: `python build.py --board pi3`.",
+    )
+    parser.add_argument("--version", action="version", version=f"amberpi {__version__}")
+    parser.add_argument("--list-boards", action="store_true", help="list the boards, one line each, and exit")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    build = sub.add_parser(
+        "build",
+        help="build an image (the default verb)",
+        description="Build an image: out/amberpi-<board>.img with its .sha256, report and log.",
+        epilog="Other verbs: validate, summary [--json], boards, clean [-f]. `--list-boards` lists boards.",
+    )
+    add_common(build)
+    build.add_argument("--no-cache", action="store_true", help="rebuild every stage (same as --incremental=no)")
+    build.add_argument(
+        "--incremental", choices=[m.value for m in Incremental], default=Incremental.yes.value,
+        help="use cached stages: yes (default), no, or strict (fail when a stage is not cached)",
+    )
+    build.add_argument("--keep-workspace", action="store_true", help="keep the build workspace for inspection")
+
+    validate = sub.add_parser("validate", help="check the config and the host, build nothing")
+    add_common(validate)
+
+    summary = sub.add_parser("summary", help="print the resolved config")
+    add_common(summary)
+    summary.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+    sub.add_parser("boards", help="list the boards")
+
+    clean = sub.add_parser("clean", help="delete build outputs; -f also deletes the cache")
+    add_common(clean)
+    clean.add_argument("-f", "--force", action="store_true", help="also delete the build cache")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse argv, with `build` as the verb when none is given (so --help shows the build flags)."""
+    if not any(arg in VERBS for arg in argv) and not {"--version", "--list-boards"} & set(argv):
+        argv = ["build", *argv]
+    return make_parser().parse_args(argv)
+
+
+def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in SETTING_FIELDS if getattr(args, name, None) is not None}

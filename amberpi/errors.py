@@ -1,0 +1,133 @@
+"""The error hierarchy: every failure says what, where and how to fix it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class AmberPiError(Exception):
+    """Base of everything AmberPi raises; exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, *, where: str | None = None, hint: str | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.where = where
+        self.hint = hint
+
+    def render(self) -> str:
+        lines = [f"error: {self.what}"]
+        if self.where:
+            lines.append(f"  where: {self.where}")
+        if self.hint:
+            lines.append(f"  fix:   {self.hint}")
+        return "\n".join(lines)
+
+
+class UsageError(AmberPiError):
+    """Bad command line or environment the user must change; exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigProblem:
+    """One validation problem in a config file, sortable by location."""
+
+    def __init__(self, file: str, key_path: str, message: str, hint: str | None = None) -> None:
+        self.file = file
+        self.key_path = key_path
+        self.message = message
+        self.hint = hint
+
+    def sort_key(self) -> tuple[str, str]:
+        return (self.file, self.key_path)
+
+    def __str__(self) -> str:
+        text = f"{self.file}: {self.key_path}: {self.message}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class ConfigError(AmberPiError):
+    """One or more config problems, all reported at once; exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = sorted(problems, key=ConfigProblem.sort_key)
+        count = len(self.problems)
+        super().__init__(
+            f"{count} configuration problem{'s' if count != 1 else ''}",
+            hint="correct the keys named above; `python build.py summary` shows the resolved config",
+        )
+
+    def render(self) -> str:
+        lines = [f"error: {self.what}:"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        lines.append(f"  fix:   {self.hint}")
+        return "\n".join(lines)
+
+
+class ToolError(AmberPiError):
+    """A command failed: argv, exit status, the tail of its output, the log path."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        code: int,
+        output_tail: Sequence[str],
+        log: Path | None,
+        *,
+        where: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.code = code
+        self.output_tail = list(output_tail)
+        self.log = log
+        status = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        super().__init__(f"`{' '.join(self.argv)}` failed ({status})", where=where, hint=hint)
+
+    def render(self) -> str:
+        lines = [f"error: {self.what}"]
+        if self.where:
+            lines.append(f"  where: {self.where}")
+        if self.output_tail:
+            lines.append("  last output:")
+            lines += [f"    | {line}" for line in self.output_tail]
+        if self.log and self.log.exists():
+            lines.append(f"  full log: {self.log}")
+        if self.hint:
+            lines.append(f"  fix:   {self.hint}")
+        return "\n".join(lines)
+
+
+class ToolMissing(AmberPiError):
+    """A host tool is not installed; names the Debian package that has it."""
+
+    def __init__(self, tool: str, package: str) -> None:
+        super().__init__(
+            f"host tool `{tool}` is not installed",
+            hint=f"install the Debian package `{package}` (apt-get install {package})",
+        )
+        self.tool = tool
+        self.package = package
+
+
+class StageError(AmberPiError):
+    """A stage failed for a reason that is not a single tool's exit status."""
+
+
+class CacheError(AmberPiError):
+    """The build cache is unusable (permissions, corrupt entry that cannot be removed)."""
+
+
+class LockError(AmberPiError):
+    """Another build holds a lock this build needs."""
+
+
+class BackendError(AmberPiError):
+    """The build backend (native host or Docker engine) cannot run the build."""

@@ -1,0 +1,91 @@
+"""Make the native host able to build: Debian tools via apt, arm64 emulation via binfmt_misc."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from amberpi.errors import AmberPiError, BackendError, ToolMissing, UsageError
+from amberpi.log import LOG
+from amberpi.run import TOOL_PACKAGES, run
+
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+# Every host package the native build uses; installed together in one apt run.
+HOST_PACKAGES = (
+    "debootstrap", "qemu-user-static", "binfmt-support", "squashfs-tools", "dosfstools", "mtools",
+    "e2fsprogs", "fdisk", "debian-archive-keyring", "zstd", "xz-utils",
+)
+HOST_TOOLS = ("debootstrap", "mksquashfs", "mkfs.vfat", "mcopy", "mkfs.ext4", "sfdisk", "chroot", "dpkg-deb", "apt-get")
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise UsageError(
+            "the native build must run as root (debootstrap, chroot and mounts need it)",
+            hint="run it with sudo, or use the Docker backend: --backend docker",
+        )
+
+
+def missing_tools(tools: tuple[str, ...] | list[str]) -> list[str]:
+    return [tool for tool in tools if shutil.which(tool) is None]
+
+
+def missing_packages() -> list[str]:
+    missing = []
+    for package in HOST_PACKAGES:
+        try:
+            status = run(["dpkg-query", "-W", "-f", "${Status}", package], capture=True, label="dpkg-query", ok=(0, 1))
+        except AmberPiError:
+            status = ""
+        if "install ok installed" not in status:
+            missing.append(package)
+    return missing
+
+
+def install_host_packages(packages: list[str]) -> None:
+    if shutil.which("apt-get") is None:
+        tool = next((t for t, p in TOOL_PACKAGES.items() if p == packages[0]), packages[0])
+        raise ToolMissing(tool, packages[0])
+    LOG.note(f"Installing host packages: {' '.join(packages)}")
+    try:
+        run(["apt-get", "-q", "update"], label="apt-host")
+        run(["apt-get", "-q", "-y", "install", "--no-install-recommends", *packages], label="apt-host", env={"DEBIAN_FRONTEND": "noninteractive"})
+    except AmberPiError as exc:
+        raise BackendError(
+            f"could not install the host packages {' '.join(packages)}",
+            where="apt-get on this host",
+            hint=f"install them by hand (apt-get install {' '.join(packages)}), then build again",
+        ) from exc
+
+
+def ensure_arm64_emulation() -> None:
+    """binfmt_misc mounted and qemu-aarch64 registered, or a clear way to fix it."""
+    if not (BINFMT_DIR / "register").exists():
+        try:
+            run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_DIR)], label="mount")
+        except AmberPiError as exc:
+            raise BackendError(
+                "binfmt_misc is not mounted, so arm64 programs cannot run",
+                hint=f"mount -t binfmt_misc binfmt_misc {BINFMT_DIR}",
+            ) from exc
+    entry = BINFMT_DIR / "qemu-aarch64"
+    if not entry.exists() and shutil.which("update-binfmts"):
+        run(["update-binfmts", "--enable", "qemu-aarch64"], label="binfmt", ok=(0, 2))
+    if not entry.exists() or "enabled" not in entry.read_text():
+        raise BackendError(
+            "qemu-aarch64 is not registered with binfmt_misc, so arm64 programs cannot run",
+            hint="apt-get install qemu-user-static binfmt-support (Fedora: dnf install qemu-user-static)",
+        )
+
+
+def prepare_native_host() -> None:
+    require_root()
+    packages = missing_packages()
+    if packages:
+        install_host_packages(packages)
+    still_missing = missing_tools(HOST_TOOLS)
+    if still_missing:
+        tool = still_missing[0]
+        raise ToolMissing(tool, TOOL_PACKAGES.get(tool, tool))
+    ensure_arm64_emulation()

@@ -1,0 +1,92 @@
+"""Progress lines, notes and the full build log.
+
+Everything human-facing goes to stderr; stdout is kept for data such as
+`summary --json`. Every line any tool prints also lands in the build log.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class Logger:
+    """Quiet by default: one line per stage; `verbose` streams tool output too."""
+
+    def __init__(self) -> None:
+        self.verbose = False
+        self.debug = False
+        self.stream: TextIO = sys.stderr
+        self.log_file: TextIO | None = None
+        self.log_path: Path | None = None
+        self.started = time.monotonic()
+
+    def open_log(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = path
+        self.log_file = path.open("a", encoding="utf-8", errors="replace")
+
+    def close_log(self) -> None:
+        if self.log_file:
+            self.log_file.close()
+        self.log_file = None
+
+    def _to_log(self, text: str) -> None:
+        if self.log_file:
+            self.log_file.write(text + "\n")
+            self.log_file.flush()
+
+    def tool_line(self, label: str, line: str) -> None:
+        """One line of a tool's output: always logged, shown with --verbose."""
+        text = f"{label} | {line}"
+        self._to_log(text)
+        if self.verbose:
+            print(text, file=self.stream, flush=True)
+
+    def command(self, text: str) -> None:
+        self._to_log(f"$ {text}")
+        if self.verbose:
+            print(f"$ {text}", file=self.stream, flush=True)
+
+    def note(self, text: str) -> None:
+        self._to_log(text)
+        print(text, file=self.stream, flush=True)
+
+    def detail(self, text: str) -> None:
+        """Logged always, shown only with --verbose."""
+        self._to_log(text)
+        if self.verbose:
+            print(text, file=self.stream, flush=True)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        """A nested piece of work: logged with its duration; shown with --verbose."""
+        start = time.monotonic()
+        self.detail(f"‣ {title}")
+        try:
+            yield
+        except BaseException:
+            self.detail(f"✗ {title} (failed after {format_duration(time.monotonic() - start)})")
+            raise
+        self.detail(f"  {title}: {format_duration(time.monotonic() - start)}")
+
+
+LOG = Logger()

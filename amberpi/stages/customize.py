@@ -1,0 +1,209 @@
+"""customize: includes, device scripts, users, hooks, then the one initramfs and GRUB image."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from amberpi.cache import copy_tree, digest_paths
+from amberpi.context import BuildContext
+from amberpi.errors import StageError, ToolError
+from amberpi.log import LOG
+from amberpi.mounts import ChrootSession, resolve_inside
+from amberpi.render import template_paths, write_rendered
+from amberpi.run import run
+from amberpi.stages.base import Artefact, Stage
+from amberpi.stages.packages import UPDATE_INITRAMFS
+
+HOOK_SUFFIX = ".hook.chroot"
+HOOKS_IN_CHROOT = "tmp/amberpi-hooks"
+GRUB_OUT_IN_CHROOT = "tmp/amberpi-grub"
+# Built into the EFI image so p1 needs no module folder: disk and file systems,
+# the menu, kernel loading, checksums (hashsum) and the environment block.
+GRUB_MODULES = (
+    "part_msdos part_gpt fat iso9660 ext2 normal configfile linux echo test regexp probe "
+    "search search_label search_fs_uuid loadenv hashsum gcry_sha256 sleep reboot halt "
+    "efi_gop all_video gzio zstd xzio lsefi cat ls true minicmd"
+).split()
+
+
+def hook_files(ctx: BuildContext) -> list[Path]:
+    folders = [ctx.layout.hooks, *(Path(d) for d in ctx.config.hooks_dirs)]
+    hooks: list[Path] = []
+    for folder in folders:
+        hooks += sorted(p for p in folder.glob(f"*{HOOK_SUFFIX}") if p.is_file())
+    return hooks
+
+
+def include_folders(ctx: BuildContext) -> list[Path]:
+    return [ctx.layout.device / "rootfs", ctx.layout.includes, *(Path(d) for d in ctx.config.includes_dirs)]
+
+
+def copy_over(source: Path, tree: Path) -> None:
+    """Copy a folder's contents over the rootfs, following no symlink out of it."""
+    for item in sorted(source.rglob("*")):
+        rel = item.relative_to(source)
+        if rel.parts and rel.parts[0] == ".gitkeep" or item.name == ".gitkeep":
+            continue
+        target = resolve_inside(tree, str(rel))
+        if item.is_dir() and not item.is_symlink():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() or target.is_symlink():
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        if item.is_symlink():
+            os.symlink(os.readlink(item), target)
+        else:
+            shutil.copy2(item, target)
+            os.chown(target, 0, 0)
+
+
+def kernel_version(tree: Path) -> str:
+    kernels = sorted(p.name.removeprefix("vmlinuz-") for p in (tree / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise StageError(
+            "no kernel was installed in the rootfs",
+            where="stage customize, /boot/vmlinuz-*",
+            hint="keep linux-image-arm64 in package-lists/",
+        )
+    return kernels[-1]
+
+
+class CustomizeStage(Stage):
+    name = "customize"
+    title = "Applying includes, users and {count} hooks; one initramfs"
+    version = 1
+    needs = ("packages",)
+
+    def key_inputs(self, ctx: BuildContext) -> dict[str, Any]:
+        c = ctx.config
+        return {
+            "hostname": c.hostname,
+            "root_password_hash": c.root_password_hash,
+            "ssh_authorized_keys": c.ssh_authorized_keys,
+            "hooks": digest_paths(hook_files(ctx)),
+            "hook_names": [p.name for p in hook_files(ctx)],
+            "includes": digest_paths(include_folders(ctx)),
+            "templates": digest_paths(template_paths()),
+            "grub_modules": list(GRUB_MODULES),
+        }
+
+    def run(self, ctx: BuildContext, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
+        tree = out / "rootfs"
+        boot = out / "boot"
+        boot.mkdir(parents=True, exist_ok=True)
+        copy_tree(upstream["packages"].path / "tree", tree)
+        self.write_system_files(ctx, tree)
+        for folder in include_folders(ctx):
+            if folder.is_dir():
+                copy_over(folder, tree)
+        with ChrootSession(tree, apt_cache=ctx.apt_cache) as session:
+            self.set_up_root(ctx, session, tree)
+            self.run_hooks(ctx, session, tree)
+            version = kernel_version(tree)
+            self.make_initramfs(session, tree, version)
+            self.make_grub_image(session, tree, boot)
+        self.collect_boot_files(tree, version, boot)
+        manifest = self.clean_tree(tree)
+        meta = {"kernel_version": version, "package_count": len(manifest), "packages": manifest}
+        meta["source_date_epoch"] = upstream["packages"].meta["installed_at"]
+        return Artefact(out, meta)
+
+    def write_system_files(self, ctx: BuildContext, tree: Path) -> None:
+        write_rendered(resolve_inside(tree, "etc/hostname"), "hostname.j2", hostname=ctx.config.hostname)
+        write_rendered(resolve_inside(tree, "etc/hosts"), "hosts.j2", hostname=ctx.config.hostname)
+        write_rendered(resolve_inside(tree, "etc/fstab"), "fstab.j2")
+
+    def set_up_root(self, ctx: BuildContext, session: ChrootSession, tree: Path) -> None:
+        if ctx.config.root_password_hash:
+            session.run(["usermod", "--password", ctx.config.root_password_hash, "root"], label="usermod")
+        else:
+            session.run(["passwd", "--lock", "root"], label="passwd")
+        if ctx.config.ssh_authorized_keys:
+            keys = resolve_inside(tree, "root/.ssh/authorized_keys")
+            write_rendered(keys, "authorized_keys.j2", mode=0o600, keys=ctx.config.ssh_authorized_keys)
+            keys.parent.chmod(0o700)
+
+    def run_hooks(self, ctx: BuildContext, session: ChrootSession, tree: Path) -> None:
+        hooks = hook_files(ctx)
+        staged = resolve_inside(tree, HOOKS_IN_CHROOT)
+        staged.mkdir(parents=True, exist_ok=True)
+        try:
+            for index, hook in enumerate(hooks):
+                copy = staged / f"{index:03d}-{hook.name}"
+                shutil.copy2(hook, copy)
+                copy.chmod(0o755)
+                with LOG.step(f"Running hook {hook.name}"):
+                    try:
+                        session.run([f"/{HOOKS_IN_CHROOT}/{copy.name}"], label=hook.name, env={"AMBERPI_IMAGE_ID": ctx.image_id})
+                    except ToolError as exc:
+                        raise StageError(
+                            f"hook {hook.name} failed (exit status {exc.code})",
+                            where=str(hook),
+                            hint="fix the hook; the last lines it printed are in the build log",
+                        ) from exc
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def make_initramfs(self, session: ChrootSession, tree: Path, version: str) -> None:
+        stub = resolve_inside(tree, UPDATE_INITRAMFS)
+        if stub.exists():
+            stub.unlink()
+        session.run(["dpkg-divert", "--local", "--rename", "--remove", UPDATE_INITRAMFS])
+        session.run(["update-initramfs", "-c", "-k", version], label="initramfs")
+
+    def make_grub_image(self, session: ChrootSession, tree: Path, boot: Path) -> None:
+        staged = resolve_inside(tree, GRUB_OUT_IN_CHROOT)
+        staged.mkdir(parents=True, exist_ok=True)
+        try:
+            session.run(
+                ["grub-mkimage", "-O", "arm64-efi", "-p", "/grub", "-o", f"/{GRUB_OUT_IN_CHROOT}/BOOTAA64.EFI", *GRUB_MODULES],
+                label="grub-mkimage",
+            )
+            shutil.copy2(staged / "BOOTAA64.EFI", boot / "BOOTAA64.EFI")
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def collect_boot_files(self, tree: Path, version: str, boot: Path) -> None:
+        shutil.copy2(tree / "boot" / f"vmlinuz-{version}", boot / "vmlinuz")
+        shutil.copy2(tree / "boot" / f"initrd.img-{version}", boot / "initrd.img")
+        dtbs = tree / "usr" / "lib" / f"linux-image-{version}"
+        if dtbs.is_dir():
+            shutil.copytree(dtbs, boot / "dtbs", symlinks=True)
+        (boot / "version").write_text(version + "\n")
+
+    def clean_tree(self, tree: Path) -> list[str]:
+        """Drop what must not be baked into every device; return the package manifest."""
+        manifest = run(
+            ["dpkg-query", f"--admindir={tree}/var/lib/dpkg", "-W", "-f", "${Package} ${Version}\\n"],
+            capture=True,
+            label="dpkg-query",
+        ).splitlines()
+        for pattern in ("etc/ssh/ssh_host_*", "var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/debconf/*-old", "tmp/*", "var/tmp/*"):
+            for path in tree.glob(pattern):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        for log in (tree / "var/log").rglob("*"):
+            if log.is_file():
+                log.unlink()
+        (tree / "etc/machine-id").write_text("")
+        dbus_id = tree / "var/lib/dbus/machine-id"
+        if dbus_id.exists() or dbus_id.is_symlink():
+            dbus_id.unlink()
+        resolv = tree / "etc/resolv.conf"
+        if resolv.exists() or resolv.is_symlink():
+            resolv.unlink()
+        if (tree / "usr/lib/systemd/systemd-resolved").exists():
+            resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
+        else:
+            resolv.write_text("")
+        return sorted(manifest)

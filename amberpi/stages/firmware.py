@@ -1,0 +1,74 @@
+"""firmware: the Raspberry Pi boot firmware and U-Boot, fetched as arm64 .debs by host apt.
+
+Fetched with a private apt state folder, so the host's apt configuration and
+the image's rootfs are both left untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from amberpi.context import ARCH, BuildContext
+from amberpi.render import write_rendered
+from amberpi.run import run
+from amberpi.stages.base import Artefact, Stage
+
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+RASPI_PACKAGES = ("raspi-firmware", "u-boot-rpi")
+FIRMWARE_DIR = "usr/lib/raspi-firmware"
+UBOOT_DIR = "usr/lib/u-boot"
+
+
+def private_apt_options(root: Path) -> list[str]:
+    settings = {
+        "Dir::Etc::SourceList": root / "sources.list",
+        "Dir::Etc::SourceParts": root / "sources.list.d",
+        "Dir::Etc::Preferences": root / "preferences",
+        "Dir::Etc::PreferencesParts": root / "preferences.d",
+        "Dir::State": root / "state",
+        "Dir::State::status": root / "state" / "status",
+        "Dir::Cache": root / "cache",
+        "APT::Architecture": ARCH,
+        "APT::Architectures::": ARCH,
+        "Debug::NoLocking": "1",
+        "Acquire::Retries": "3",
+    }
+    options: list[str] = []
+    for key, value in settings.items():
+        options += ["-o", f"{key}={value}"]
+    return options
+
+
+class FirmwareStage(Stage):
+    name = "firmware"
+    title = "Fetching Raspberry Pi firmware and U-Boot"
+    version = 1
+    cached = True
+
+    def tools(self, ctx: BuildContext) -> list[str]:
+        return ["apt-get", "dpkg-deb"] if ctx.board.firmware == "raspi" else []
+
+    def key_inputs(self, ctx: BuildContext) -> dict[str, Any]:
+        if ctx.board.firmware == "none":
+            return {"firmware": "none"}
+        return {"firmware": ctx.board.firmware, "suite": ctx.config.suite, "mirror": ctx.config.mirror, "packages": list(RASPI_PACKAGES)}
+
+    def run(self, ctx: BuildContext, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
+        files = out / "files"
+        files.mkdir(parents=True)
+        if ctx.board.firmware == "none":
+            return Artefact(out, {"packages": []})
+        apt_root = out / "apt"
+        for sub in ("sources.list.d", "preferences.d", "state/lists/partial", "cache/archives/partial", "debs"):
+            (apt_root / sub).mkdir(parents=True, exist_ok=True)
+        (apt_root / "state" / "status").write_text("")
+        write_rendered(apt_root / "sources.list", "firmware.sources.list.j2", arch=ARCH, keyring=KEYRING, mirror=ctx.config.mirror, suite=ctx.config.suite)
+        options = private_apt_options(apt_root)
+        run(["apt-get", *options, "update"], label="apt", where="stage firmware", hint="check that --mirror is reachable")
+        run(["apt-get", *options, "download", *RASPI_PACKAGES], cwd=apt_root / "debs", label="apt")
+        debs = sorted((apt_root / "debs").glob("*.deb"))
+        for deb in debs:
+            run(["dpkg-deb", "-x", str(deb), str(files)], label="dpkg-deb")
+        return Artefact(out, {"packages": [d.name for d in debs]})

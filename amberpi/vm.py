@@ -1,0 +1,127 @@
+"""Boot an image in qemu-system-aarch64 (-M virt, AAVMF UEFI) and drive its serial console.
+
+Used by the `boot` verb and by the end-to-end tests. TCG emulation is slow:
+allow minutes, not seconds, for a boot.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pexpect
+
+from amberpi.errors import AmberPiError, ToolMissing
+
+AAVMF_CODE = Path("/usr/share/AAVMF/AAVMF_CODE.fd")
+AAVMF_VARS = Path("/usr/share/AAVMF/AAVMF_VARS.fd")
+LOGIN_PROMPT = r"login: "
+SHELL_PROMPT = "AMBERPI-PROMPT# "
+RC_MARKER = re.compile(r"__AMBERPI_RC=(\d+)__")
+
+
+class VMError(AmberPiError):
+    """The guest did not do what was expected within the time allowed."""
+
+
+@dataclass
+class VM:
+    image: Path
+    memory_mib: int = 2048
+    cpus: int = 2
+    console_log: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+    child: pexpect.spawn | None = None  # type: ignore[type-arg]
+
+    def argv(self, vars_file: Path) -> list[str]:
+        return [
+            "-M", "virt", "-cpu", "cortex-a72", "-m", str(self.memory_mib), "-smp", str(self.cpus),
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={AAVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}",
+            "-drive", f"if=none,id=disk0,format=raw,file={self.image}",
+            "-device", "virtio-blk-pci,drive=disk0",
+            "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0",
+            "-display", "none", "-serial", "stdio", "-monitor", "none",
+            *self.extra_args,
+        ]
+
+    def start(self) -> None:
+        qemu = shutil.which("qemu-system-aarch64")
+        if qemu is None:
+            raise ToolMissing("qemu-system-aarch64", "qemu-system-arm")
+        if not AAVMF_CODE.exists():
+            raise ToolMissing(str(AAVMF_CODE), "qemu-efi-aarch64")
+        self._tmp = Path(tempfile.mkdtemp(prefix="amberpi-vm-"))
+        vars_file = self._tmp / "AAVMF_VARS.fd"
+        shutil.copyfile(AAVMF_VARS, vars_file)
+        log = (self.console_log or self._tmp / "console.log").open("ab")
+        self.child = pexpect.spawn(qemu, self.argv(vars_file), timeout=60, maxread=65536, logfile=log)
+
+    def expect(self, pattern: str | list[str], timeout: float) -> int:
+        assert self.child
+        try:
+            return int(self.child.expect(pattern, timeout=timeout))
+        except pexpect.TIMEOUT:
+            tail = (self.child.before or b"")[-2000:].decode(errors="replace")
+            raise VMError(f"timed out after {timeout:.0f}s waiting for {pattern!r}", where=f"console tail:\n{tail}") from None
+        except pexpect.EOF:
+            tail = (self.child.before or b"")[-2000:].decode(errors="replace")
+            raise VMError(f"QEMU exited while waiting for {pattern!r}", where=f"console tail:\n{tail}") from None
+
+    def wait_for_login(self, timeout: float = 900) -> float:
+        """Seconds until the login prompt appears."""
+        started = time.monotonic()
+        self.expect(LOGIN_PROMPT, timeout)
+        return time.monotonic() - started
+
+    def login(self, user: str, password: str, timeout: float = 120) -> None:
+        assert self.child
+        self.child.sendline(user)
+        self.expect("Password:", timeout)
+        self.child.sendline(password)
+        # A prompt we set ourselves is unambiguous; kernel messages go quiet.
+        self.expect([r"# ", r"\$ "], timeout)
+        # Split in the command so its echo never matches the prompt itself.
+        head, tail = SHELL_PROMPT[:4], SHELL_PROMPT[4:]
+        self.child.sendline(f"export PS1='{head}''{tail}'; stty -echo; dmesg -n 1")
+        self.expect(SHELL_PROMPT, timeout)
+
+    def run(self, command: str, timeout: float = 120) -> tuple[int, str]:
+        """Run a shell command in the guest; returns (exit status, output)."""
+        assert self.child
+        self.child.sendline(f"{command}; echo __AMBERPI_RC=$?__")
+        self.expect(RC_MARKER.pattern, timeout)
+        output = (self.child.before or b"").decode(errors="replace")
+        code = int(self.child.match.group(1))
+        self.expect(SHELL_PROMPT, timeout)
+        return code, output.replace("\r", "").strip()
+
+    def check(self, command: str, timeout: float = 120) -> str:
+        code, output = self.run(command, timeout)
+        if code != 0:
+            raise VMError(f"guest command failed ({code}): {command}", where=output[-2000:])
+        return output
+
+    def send(self, line: str) -> None:
+        assert self.child
+        self.child.sendline(line)
+
+    def wait_exit(self, timeout: float = 300) -> None:
+        assert self.child
+        self.expect(pexpect.EOF, timeout)  # type: ignore[arg-type]
+        self.child.close()
+
+    def kill(self) -> None:
+        """Pull the plug: SIGKILL QEMU, no shutdown of the guest."""
+        if self.child and self.child.isalive():
+            self.child.kill(9)
+            self.child.close(force=True)
+
+    def close(self) -> None:
+        self.kill()
+        if hasattr(self, "_tmp"):
+            shutil.rmtree(self._tmp, ignore_errors=True)

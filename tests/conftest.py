@@ -1,0 +1,76 @@
+"""Shared fixtures. The images are built once per test run and shared by every test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_PASSWORD = "amberpi-test"
+# Fixed salt: the hash, and so the cache key of the customize stage, stays the same across runs.
+TEST_PASSWORD_HASH = "$6$amberpitest$h7L/HEj3cYnHrVU5FXukPFq1rREAGg3SVHk7HvCpDKB9UCoedF.jQ23eVBixNm.N/IgiYKcgnw1pd11CZUJ1B1"
+
+
+def amberpi(*args: str, check: bool = False, timeout: float = 3600, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    """Run the CLI as a user would, with this interpreter (the test venv)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "amberpi", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"amberpi {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+@dataclass
+class BuiltImage:
+    board: str
+    path: Path
+    report: dict  # type: ignore[type-arg]
+    seconds: float
+    output: Path
+
+
+def write_test_config(folder: Path, **extra: object) -> Path:
+    import yaml
+
+    data = {"root_password_hash": TEST_PASSWORD_HASH, **extra}
+    path = folder / "amberpi-test.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def build_image(tmp_root: Path, board: str) -> BuiltImage:
+    import json
+
+    output = tmp_root / f"out-{board}"
+    config = write_test_config(tmp_root)
+    started = time.monotonic()
+    amberpi("--board", board, "--config", str(config), "--output", str(output), check=True)
+    seconds = time.monotonic() - started
+    report = json.loads((output / f"amberpi-{board}.report.json").read_text())
+    image = output / f"amberpi-{board}.img"
+    print(f"\nbuilt {image} in {seconds:.0f}s", file=sys.stderr)
+    return BuiltImage(board, image, report, seconds, output)
+
+
+@pytest.fixture(scope="session")
+def qemu_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    require_root()
+    return build_image(tmp_path_factory.mktemp("qemu"), "qemu")
+
+
+@pytest.fixture(scope="session")
+def pi3_image(tmp_path_factory: pytest.TempPathFactory, qemu_image: BuiltImage) -> BuiltImage:
+    # After the qemu image: the pi3 build reuses its cached rootfs and squashfs.
+    return build_image(tmp_path_factory.mktemp("pi3"), "pi3")
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("these tests build images and must run as root (use `python3 tests/run.py` as root)")

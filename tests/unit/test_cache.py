@@ -1,0 +1,62 @@
+"""Cache keys chain through upstream stages; entries commit atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from amberpi.cache import Cache, Incremental, changed_fields, digest_paths, stage_key
+
+
+def test_key_changes_with_inputs_version_and_upstream() -> None:
+    base, _ = stage_key("squash", 1, {"compression": "zstd"}, {"customize": "a"})
+    assert stage_key("squash", 1, {"compression": "zstd"}, {"customize": "a"})[0] == base
+    assert stage_key("squash", 2, {"compression": "zstd"}, {"customize": "a"})[0] != base
+    assert stage_key("squash", 1, {"compression": "xz"}, {"customize": "a"})[0] != base
+    assert stage_key("squash", 1, {"compression": "zstd"}, {"customize": "b"})[0] != base
+
+
+def test_digest_paths_sees_content_names_and_modes(tmp_path: Path) -> None:
+    hook = tmp_path / "a.hook.chroot"
+    hook.write_text("echo 1\n")
+    first = digest_paths([tmp_path])
+    hook.write_text("echo 2\n")
+    assert digest_paths([tmp_path]) != first
+    second = digest_paths([tmp_path])
+    hook.chmod(0o755)
+    assert digest_paths([tmp_path]) != second
+
+
+def test_changed_fields() -> None:
+    assert changed_fields({"inputs": {"a": 1, "b": 2}}, {"inputs": {"a": 1, "b": 3}}) == ["inputs.b"]
+
+
+def test_staging_commits_only_on_success(tmp_path: Path) -> None:
+    cache = Cache(tmp_path, Incremental.yes)
+    key, manifest = stage_key("squash", 1, {}, {})
+    with pytest.raises(RuntimeError), cache.staging("squash", key, manifest) as out:
+        (out / "file").write_text("half")
+        raise RuntimeError("stage failed")
+    assert cache.lookup("squash", key) is None
+    assert list((tmp_path / "squash").iterdir()) == []
+    with cache.staging("squash", key, manifest) as out:
+        (out / "file").write_text("whole")
+    hit = cache.lookup("squash", key)
+    assert hit is not None and (hit / "file").read_text() == "whole"
+
+
+def test_partial_entry_is_discarded(tmp_path: Path) -> None:
+    cache = Cache(tmp_path, Incremental.yes)
+    partial = tmp_path / "squash" / "abc"
+    partial.mkdir(parents=True)
+    (partial / "filesystem.squashfs").write_text("truncated")
+    assert cache.lookup("squash", "abc") is None
+    assert not partial.exists()
+
+
+def test_incremental_no_ignores_entries(tmp_path: Path) -> None:
+    key, manifest = stage_key("squash", 1, {}, {})
+    with Cache(tmp_path, Incremental.yes).staging("squash", key, manifest):
+        pass
+    assert Cache(tmp_path, Incremental.no).lookup("squash", key) is None

@@ -1,0 +1,115 @@
+"""Config validation: every problem names file, key and the allowed values; exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from amberpi.config import Config, load_board, load_config, summary_lines
+from amberpi.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "user.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems_of(config_file: Path | None = None, **overrides: object) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file, dict(overrides))
+    assert info.value.exit_code == 2
+    return [str(p) for p in info.value.problems]
+
+
+def test_defaults_resolve() -> None:
+    config = load_config(None, {})
+    assert config.board == "qemu" and config.suite == "trixie"
+    assert config.mirror.startswith("http"), "a mirror is always resolved (host's or debootstrap's default)"
+    assert len(config.image_id) == 8
+
+
+def test_unknown_board_names_allowed_values() -> None:
+    (problem,) = problems_of(board="pi5")
+    assert "command line: board: unknown board 'pi5'" in problem
+    assert "pi3, pi4, qemu" in problem
+
+
+def test_unknown_suite_names_allowed_values() -> None:
+    (problem,) = problems_of(suite="trixy")
+    assert "suite: 'trixy' is not supported" in problem
+    assert "did you mean `trixie`" in problem
+
+
+def test_unknown_key_in_file_gets_nearest_name(tmp_path: Path) -> None:
+    config_file = write(tmp_path, "hostnme: pi\n")
+    (problem,) = problems_of(config_file)
+    assert problem.startswith(f"{config_file}: hostnme: unknown key")
+    assert "did you mean `hostname`" in problem
+
+
+def test_malformed_yaml_names_line(tmp_path: Path) -> None:
+    config_file = write(tmp_path, "suite: trixie\npackages: [vim\n")
+    (problem,) = problems_of(config_file)
+    assert str(config_file) in problem and "not valid YAML" in problem and "line" in problem
+
+
+def test_all_problems_reported_sorted(tmp_path: Path) -> None:
+    config_file = write(tmp_path, "suite: potato\nboot_size_mib: lots\nroot_password_hash: secret\nzzz: 1\n")
+    problems = problems_of(config_file)
+    keys = [p.split(": ")[1] for p in problems]
+    assert keys == sorted(keys)
+    assert len(problems) == 4
+    assert any("root_password_hash: not a crypt(3) hash" in p and "openssl passwd -6" in p for p in problems)
+    assert any("boot_size_mib: 'lots' is not a whole number" in p for p in problems)
+
+
+def test_types_and_ranges(tmp_path: Path) -> None:
+    config_file = write(tmp_path, "packages: 3\npersistence_size_mib: 10\nimage_id: XYZ\n")
+    problems = problems_of(config_file)
+    assert any("packages: 3 is not a list of strings" in p for p in problems)
+    assert any("persistence_size_mib: 10 is out of range" in p for p in problems)
+    assert any("image_id: 'XYZ' is not 8 lowercase hex digits" in p for p in problems)
+
+
+def test_not_a_mapping(tmp_path: Path) -> None:
+    (problem,) = problems_of(write(tmp_path, "- a\n- b\n"))
+    assert "must be a mapping" in problem
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path / "nope.yaml")
+    assert "file not found" in problem
+
+
+def test_hooks_dirs_relative_to_config_file(tmp_path: Path) -> None:
+    (tmp_path / "myhooks").mkdir()
+    config = load_config(write(tmp_path, "hooks_dirs: [myhooks]\n"), {})
+    assert config.hooks_dirs == [str(tmp_path / "myhooks")]
+    assert any("not a folder" in p for p in problems_of(write(tmp_path, "hooks_dirs: [absent]\n")))
+
+
+def test_command_line_overrides_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "suite: bookworm\nhostname: a\n"), {"suite": "trixie"})
+    assert config.suite == "trixie" and config.hostname == "a"
+
+
+def test_json_round_trip() -> None:
+    config = load_config(None, {"board": "pi3"})
+    assert Config.from_json(config.to_json()) == config
+
+
+def test_summary_hides_password_hash() -> None:
+    config = load_config(None, {})
+    config = Config.from_json({**config.to_json(), "root_password_hash": "$6$x$y"})
+    text = "\n".join(summary_lines(config))
+    assert "$6$x$y" not in text and "(set)" in text
+
+
+@pytest.mark.parametrize("board", ["qemu", "pi3", "pi4"])
+def test_boards_load(board: str) -> None:
+    loaded = load_board(board)
+    assert loaded.description
+    if board != "qemu":
+        assert loaded.firmware == "raspi" and loaded.uboot and loaded.device_trees

@@ -1,0 +1,39 @@
+"""Host preparation errors say what is missing and how to get it."""
+
+from __future__ import annotations
+
+import pytest
+
+from amberpi import hostsetup
+from amberpi.errors import BackendError, ToolMissing
+
+
+def test_missing_tool_without_apt_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hostsetup.shutil, "which", lambda tool: None)
+    with pytest.raises(ToolMissing) as info:
+        hostsetup.install_host_packages(["squashfs-tools"])
+    text = info.value.render()
+    assert "host tool `mksquashfs` is not installed" in text
+    assert "apt-get install squashfs-tools" in text
+
+
+def test_failed_install_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_run(argv, **kwargs):  # type: ignore[no-untyped-def]
+        from amberpi.errors import ToolError
+
+        raise ToolError(argv, 100, ["E: Unable to locate package"], None)
+
+    monkeypatch.setattr(hostsetup.shutil, "which", lambda tool: "/usr/bin/" + tool)
+    monkeypatch.setattr(hostsetup, "run", failing_run)
+    with pytest.raises(BackendError) as info:
+        hostsetup.install_host_packages(["debootstrap"])
+    assert "apt-get install debootstrap" in info.value.render()
+
+
+def test_binfmt_unregistered(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "register").write_text("")
+    monkeypatch.setattr(hostsetup, "BINFMT_DIR", tmp_path)
+    monkeypatch.setattr(hostsetup.shutil, "which", lambda tool: None)
+    with pytest.raises(BackendError) as info:
+        hostsetup.ensure_arm64_emulation()
+    assert "qemu-user-static binfmt-support" in info.value.render()

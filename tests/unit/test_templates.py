@@ -1,0 +1,68 @@
+"""Golden tests of the generated files: every generated file comes from a template."""
+
+from __future__ import annotations
+
+import jinja2
+import pytest
+
+from amberpi.config import ConfigTxtSection, load_board
+from amberpi.layout import plan_layout
+from amberpi.render import render, template_paths
+
+MIB = 1 << 20
+
+
+def test_strict_undefined() -> None:
+    with pytest.raises(jinja2.UndefinedError):
+        render("hostname.j2")
+
+
+def test_debian_sources_trixie() -> None:
+    text = render("debian.sources.j2", suite="trixie", mirror="http://m/debian", security_mirror="http://s/debian-security")
+    assert "URIs: http://m/debian\nSuites: trixie trixie-updates\nComponents: main non-free-firmware\n" in text
+    assert "URIs: http://s/debian-security\nSuites: trixie-security\n" in text
+
+
+def test_debian_sources_sid_has_no_updates_or_security() -> None:
+    text = render("debian.sources.j2", suite="sid", mirror="http://m/debian", security_mirror="http://s/debian-security")
+    assert "Suites: sid\n" in text and "security" not in text
+
+
+def test_grub_cfg_pins_this_image() -> None:
+    text = render(
+        "grub.cfg.j2", board="qemu", image_id="1a2b3c4d", timeout=3, cmdline="boot=live X",
+        kernel_label="AMBERPI_KRN_1A2B3C4D", factory_version="6.12.1",
+    )
+    assert 'set amberpi_args="boot=live X"' in text
+    assert '[ "${amberpi_krn_label}" = "AMBERPI_KRN_1A2B3C4D" ]' in text
+    assert 'linux "${amberpi_krn}/vmlinuz"' in text and 'linux "${amberpi_sys}/live/vmlinuz"' in text
+    assert "set default=factory" in text, "the factory kernel is the default until the kernel partition checks out"
+
+
+def test_config_txt_for_pi3() -> None:
+    board = load_board("pi3")
+    text = render("config.txt.j2", board="pi3", uboot="u-boot.bin", sections=board.config_txt)
+    assert "arm_64bit=1\n" in text and "kernel=u-boot.bin\n" in text and "enable_uart=1\n" in text
+    assert "[pi3]\ndevice_tree=bcm2837-rpi-3-b.dtb\n" in text
+    assert text.rstrip().endswith("[all]")
+    assert ConfigTxtSection("pi3", "bcm2837-rpi-3-b.dtb") in board.config_txt
+
+
+def test_sfdisk_script() -> None:
+    parts = plan_layout({"boot": 128 * MIB, "system": 8 * MIB, "kernel": 256 * MIB, "persistence": 16 * MIB})
+    text = render("sfdisk.j2", partitions=parts, disk_id="1a2b3c4d")
+    assert text.splitlines()[:3] == ["label: dos", "label-id: 0x1a2b3c4d", "unit: sectors"]
+    assert "start=8192, size=262144, type=c, bootable\n" in text
+    assert text.count("type=83") == 3
+
+
+def test_persistence_conf() -> None:
+    assert render("persistence.conf.j2", entries=["/ union"]) == "/ union\n"
+
+
+def test_every_template_is_used_by_the_code() -> None:
+    from pathlib import Path
+
+    sources = "\n".join(p.read_text() for p in Path("amberpi").rglob("*.py"))
+    unused = [t.name for t in template_paths() if f'"{t.name}"' not in sources]
+    assert unused == []
