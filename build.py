@@ -39,8 +39,11 @@ def ensure_venv_support() -> None:
     version = f"python{sys.version_info.major}.{sys.version_info.minor}-venv"
     say(f"installing python3-venv ({version}) with apt-get")
     subprocess.run(["apt-get", "-q", "update"], check=True)
-    subprocess.run(["apt-get", "-q", "-y", "install", "--no-install-recommends", "python3-venv", version], check=True,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    subprocess.run(
+        ["apt-get", "-q", "-y", "install", "--no-install-recommends", "python3-venv", version],
+        check=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
 
 
 def ensure_venv(requirement_files: list[Path]) -> Path:
@@ -65,7 +68,7 @@ def ensure_venv(requirement_files: list[Path]) -> Path:
 
 
 def main() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - build.py must explain itself on an older Python
         sys.exit(f"build.py: Python 3.11 or newer is needed, this is {sys.version.split()[0]}")
     python = ensure_venv([REQUIREMENTS])
     os.execv(str(python), [str(python), "-m", "amberpi", *sys.argv[1:]])

@@ -186,5 +186,3 @@ def copy_tree(source: Path, target: Path) -> None:
     if target.exists():
         remove_tree(target)
     run(["cp", "-a", "--reflink=auto", str(source), str(target)], label="cp")
-
-

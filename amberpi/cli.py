@@ -52,7 +52,9 @@ def make_parser() -> argparse.ArgumentParser:
     add_common(build)
     build.add_argument("--no-cache", action="store_true", help="rebuild every stage (same as --incremental=no)")
     build.add_argument(
-        "--incremental", choices=[m.value for m in Incremental], default=Incremental.yes.value,
+        "--incremental",
+        choices=[m.value for m in Incremental],
+        default=Incremental.yes.value,
         help="use cached stages: yes (default), no, or strict (fail when a stage is not cached)",
     )
     build.add_argument("--keep-workspace", action="store_true", help="keep the build workspace for inspection")

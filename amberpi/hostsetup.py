@@ -13,8 +13,17 @@ from amberpi.run import TOOL_PACKAGES, run
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 # Every host package the native build uses; installed together in one apt run.
 HOST_PACKAGES = (
-    "debootstrap", "qemu-user-static", "binfmt-support", "squashfs-tools", "dosfstools", "mtools",
-    "e2fsprogs", "fdisk", "debian-archive-keyring", "zstd", "xz-utils",
+    "debootstrap",
+    "qemu-user-static",
+    "binfmt-support",
+    "squashfs-tools",
+    "dosfstools",
+    "mtools",
+    "e2fsprogs",
+    "fdisk",
+    "debian-archive-keyring",
+    "zstd",
+    "xz-utils",
 )
 HOST_TOOLS = ("debootstrap", "mksquashfs", "mkfs.vfat", "mcopy", "mkfs.ext4", "sfdisk", "chroot", "dpkg-deb", "apt-get")
 
@@ -50,7 +59,11 @@ def install_host_packages(packages: list[str]) -> None:
     LOG.note(f"Installing host packages: {' '.join(packages)}")
     try:
         run(["apt-get", "-q", "update"], label="apt-host")
-        run(["apt-get", "-q", "-y", "install", "--no-install-recommends", *packages], label="apt-host", env={"DEBIAN_FRONTEND": "noninteractive"})
+        run(
+            ["apt-get", "-q", "-y", "install", "--no-install-recommends", *packages],
+            label="apt-host",
+            env={"DEBIAN_FRONTEND": "noninteractive"},
+        )
     except AmberPiError as exc:
         raise BackendError(
             f"could not install the host packages {' '.join(packages)}",

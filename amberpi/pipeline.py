@@ -17,7 +17,7 @@ from amberpi import __version__
 from amberpi.cache import Cache, Incremental, locked, stage_key
 from amberpi.config import Config, load_board
 from amberpi.context import BuildContext
-from amberpi.errors import AmberPiError, CacheError, UsageError
+from amberpi.errors import CacheError, UsageError
 from amberpi.files import sha256_file
 from amberpi.log import LOG, format_duration
 from amberpi.mounts import remove_tree
@@ -193,7 +193,7 @@ class Pipeline:
         elapsed = format_duration(time.monotonic() - self.started)
         record = self.records[stage.name]
         if event == "start":
-            remaining = [n for n in order[order.index(stage.name):] if self.records[n].status == "pending"]
+            remaining = [n for n in order[order.index(stage.name) :] if self.records[n].status == "pending"]
             known = [self.timings[n] for n in remaining if n in self.timings]
             eta = f", ETA {format_duration(sum(known))}" if known and len(known) == len(remaining) else ""
             LOG.note(f"{position} {stage.name:<11} {self.stage_title(stage, ctx)} … (elapsed {elapsed}{eta})")
@@ -221,8 +221,12 @@ class Pipeline:
         finally:
             if partial.exists():
                 partial.unlink()
-        LOG.note(f"Image: {image} ({disk.meta['image_bytes'] >> 20} MiB, squashfs {squash.meta['squashfs_bytes'] >> 20} MiB, kernel {squash.meta['kernel_version']})")
-        LOG.note(f"Done in {format_duration(time.monotonic() - self.started)}: " + ", ".join(f"{r.name} {r.status}" for r in self.records.values()))
+        sizes = f"{disk.meta['image_bytes'] >> 20} MiB, squashfs {squash.meta['squashfs_bytes'] >> 20} MiB"
+        LOG.note(f"Image: {image} ({sizes}, kernel {squash.meta['kernel_version']})")
+        LOG.note(
+            f"Done in {format_duration(time.monotonic() - self.started)}: "
+            + ", ".join(f"{r.name} {r.status}" for r in self.records.values())
+        )
         return BuildResult(image, report_path, list(self.records.values()))
 
     def report(self, ctx: BuildContext, image: Path, digest: str) -> dict[str, Any]:

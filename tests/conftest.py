@@ -19,9 +19,7 @@ TEST_PASSWORD_HASH = "$6$amberpitest$h7L/HEj3cYnHrVU5FXukPFq1rREAGg3SVHk7HvCpDKB
 
 def amberpi(*args: str, check: bool = False, timeout: float = 3600, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
     """Run the CLI as a user would, with this interpreter (the test venv)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "amberpi", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs
-    )
+    result = subprocess.run([sys.executable, "-m", "amberpi", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"amberpi {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result

@@ -20,8 +20,19 @@ import build  # noqa: E402 - the front door's venv helper, shared on purpose
 
 # What the tests use beyond the build's own host tools (the build installs those).
 TEST_PACKAGES = ("qemu-system-arm", "qemu-efi-aarch64", "shellcheck", "dash", "busybox", "openssl", "xorriso")
-BUILD_PACKAGES = ("debootstrap", "qemu-user-static", "binfmt-support", "squashfs-tools", "dosfstools", "mtools",
-                  "e2fsprogs", "fdisk", "debian-archive-keyring", "zstd", "xz-utils")
+BUILD_PACKAGES = (
+    "debootstrap",
+    "qemu-user-static",
+    "binfmt-support",
+    "squashfs-tools",
+    "dosfstools",
+    "mtools",
+    "e2fsprogs",
+    "fdisk",
+    "debian-archive-keyring",
+    "zstd",
+    "xz-utils",
+)
 # Order matters: fast checks first, then the shared image build, then booting it.
 SUITES = ["tests/unit", "tests/device", "tests/integration", "tests/boot"]
 

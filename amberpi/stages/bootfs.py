@@ -44,7 +44,11 @@ def copy_raspi_firmware(ctx: BuildContext, firmware: Artefact, squash: Artefact,
         shutil.copy2(source, tree / source.name)
     uboot = files / UBOOT_DIR / ctx.board.uboot
     if not uboot.is_file():
-        raise StageError(f"U-Boot binary {ctx.board.uboot} is missing", where=f"board {ctx.board.name}: uboot", hint="use a path from u-boot-rpi, e.g. rpi_arm64/u-boot.bin")
+        raise StageError(
+            f"U-Boot binary {ctx.board.uboot} is missing",
+            where=f"board {ctx.board.name}: uboot",
+            hint="use a path from u-boot-rpi, e.g. rpi_arm64/u-boot.bin",
+        )
     shutil.copy2(uboot, tree / UBOOT_NAME)
     for dtb in ctx.board.device_trees:
         shutil.copy2(squash.path / "boot" / "dtbs" / dtb, tree / Path(dtb).name)
@@ -69,9 +73,14 @@ class BootfsStage(Stage):
         (tree / "EFI" / "BOOT").mkdir(parents=True)
         shutil.copy2(squash.path / "boot" / "BOOTAA64.EFI", tree / "EFI" / "BOOT" / "BOOTAA64.EFI")
         write_rendered(
-            tree / "grub" / "grub.cfg", "grub.cfg.j2",
-            board=ctx.board.name, image_id=ctx.image_id, timeout=GRUB_TIMEOUT, cmdline=kernel_cmdline(ctx),
-            kernel_label=ctx.kernel_label, factory_version=squash.meta["kernel_version"],
+            tree / "grub" / "grub.cfg",
+            "grub.cfg.j2",
+            board=ctx.board.name,
+            image_id=ctx.image_id,
+            timeout=GRUB_TIMEOUT,
+            cmdline=kernel_cmdline(ctx),
+            kernel_label=ctx.kernel_label,
+            factory_version=squash.meta["kernel_version"],
         )
         if ctx.board.firmware == "raspi":
             copy_raspi_firmware(ctx, upstream["firmware"], squash, tree)

@@ -46,7 +46,7 @@ def copy_over(source: Path, tree: Path) -> None:
     """Copy a folder's contents over the rootfs, following no symlink out of it."""
     for item in sorted(source.rglob("*")):
         rel = item.relative_to(source)
-        if rel.parts and rel.parts[0] == ".gitkeep" or item.name == ".gitkeep":
+        if (rel.parts and rel.parts[0] == ".gitkeep") or item.name == ".gitkeep":
             continue
         target = resolve_inside(tree, str(rel))
         if item.is_dir() and not item.is_symlink():
@@ -186,7 +186,14 @@ class CustomizeStage(Stage):
             capture=True,
             label="dpkg-query",
         ).splitlines()
-        for pattern in ("etc/ssh/ssh_host_*", "var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/debconf/*-old", "tmp/*", "var/tmp/*"):
+        for pattern in (
+            "etc/ssh/ssh_host_*",
+            "var/lib/apt/lists/*",
+            "var/cache/apt/*.bin",
+            "var/cache/debconf/*-old",
+            "tmp/*",
+            "var/tmp/*",
+        ):
             for path in tree.glob(pattern):
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)

@@ -64,7 +64,14 @@ class FirmwareStage(Stage):
         for sub in ("sources.list.d", "preferences.d", "state/lists/partial", "cache/archives/partial", "debs"):
             (apt_root / sub).mkdir(parents=True, exist_ok=True)
         (apt_root / "state" / "status").write_text("")
-        write_rendered(apt_root / "sources.list", "firmware.sources.list.j2", arch=ARCH, keyring=KEYRING, mirror=ctx.config.mirror, suite=ctx.config.suite)
+        write_rendered(
+            apt_root / "sources.list",
+            "firmware.sources.list.j2",
+            arch=ARCH,
+            keyring=KEYRING,
+            mirror=ctx.config.mirror,
+            suite=ctx.config.suite,
+        )
         options = private_apt_options(apt_root)
         run(["apt-get", *options, "update"], label="apt", where="stage firmware", hint="check that --mirror is reachable")
         run(["apt-get", *options, "download", *RASPI_PACKAGES], cwd=apt_root / "debs", label="apt")

@@ -22,8 +22,13 @@ def stage_system_tree(ctx: BuildContext, squash: Artefact, tree: Path) -> None:
     for name in KERNEL_FILES:
         link_or_copy(squash.path / "boot" / name, live / name)
     write_rendered(
-        tree / ".disk" / "info", "disk-info.j2",
-        version=__version__, suite=ctx.config.suite, board=ctx.board.name, image_id=ctx.image_id, kernel=squash.meta["kernel_version"],
+        tree / ".disk" / "info",
+        "disk-info.j2",
+        version=__version__,
+        suite=ctx.config.suite,
+        board=ctx.board.name,
+        image_id=ctx.image_id,
+        kernel=squash.meta["kernel_version"],
     )
 
 

@@ -33,9 +33,16 @@ class SquashStage(Stage):
         customized = upstream["customize"]
         squashfs = out / "filesystem.squashfs"
         argv = [
-            "mksquashfs", str(customized.path / "rootfs"), str(squashfs),
-            "-noappend", "-no-progress", "-comp", ctx.config.squashfs_compression,
-            "-processors", str(os.cpu_count() or 1), "-wildcards",
+            "mksquashfs",
+            str(customized.path / "rootfs"),
+            str(squashfs),
+            "-noappend",
+            "-no-progress",
+            "-comp",
+            ctx.config.squashfs_compression,
+            "-processors",
+            str(os.cpu_count() or 1),
+            "-wildcards",
         ]
         for pattern in EXCLUDE:
             argv += ["-e", pattern]

@@ -60,9 +60,23 @@ def test_not_root_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     else:
         env = {"PATH": os.environ["PATH"], "HOME": "/tmp"}
         result = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", os.sys.executable, "-m", "amberpi",  # type: ignore[attr-defined]
-             "--output", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")],
-            cwd=REPO, capture_output=True, text=True, env=env,
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                os.sys.executable,
+                "-m",
+                "amberpi",  # type: ignore[attr-defined]
+                "--output",
+                str(tmp_path / "o"),
+                "--cache-dir",
+                str(tmp_path / "c"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=env,
         )
     assert result.returncode == 2, result.stderr
     assert "must run as root" in result.stderr and "--backend docker" in result.stderr

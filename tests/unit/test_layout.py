@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from amberpi.layout import ALIGN, SECTOR, align_up, disk_size, plan_layout
 
 MIB = 1 << 20
@@ -19,7 +21,7 @@ def test_four_partitions_in_order_aligned_and_adjacent() -> None:
     assert [p.role for p in parts] == ["boot", "system", "kernel", "persistence"]
     assert [p.number for p in parts] == [1, 2, 3, 4]
     assert parts[0].start == ALIGN, "room for the MBR before p1"
-    for before, after in zip(parts, parts[1:], strict=False):
+    for before, after in itertools.pairwise(parts):
         assert after.start == before.start + before.size
     assert all(p.start % ALIGN == 0 and p.size % ALIGN == 0 for p in parts)
     assert parts[1].size == 304 * MIB

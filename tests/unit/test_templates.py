@@ -30,8 +30,13 @@ def test_debian_sources_sid_has_no_updates_or_security() -> None:
 
 def test_grub_cfg_pins_this_image() -> None:
     text = render(
-        "grub.cfg.j2", board="qemu", image_id="1a2b3c4d", timeout=3, cmdline="boot=live X",
-        kernel_label="AMBERPI_KRN_1A2B3C4D", factory_version="6.12.1",
+        "grub.cfg.j2",
+        board="qemu",
+        image_id="1a2b3c4d",
+        timeout=3,
+        cmdline="boot=live X",
+        kernel_label="AMBERPI_KRN_1A2B3C4D",
+        factory_version="6.12.1",
     )
     assert 'set amberpi_args="boot=live X"' in text
     assert '[ "${amberpi_krn_label}" = "AMBERPI_KRN_1A2B3C4D" ]' in text

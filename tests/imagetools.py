@@ -1,0 +1,45 @@
+"""Read a built disk image back without mounting it: partition table, partitions as files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+SECTOR = 512
+
+
+def partition_table(image: Path) -> dict[str, Any]:
+    out = subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True, check=True).stdout
+    table: dict[str, Any] = json.loads(out)["partitiontable"]
+    return table
+
+
+def partition_range(image: Path, number: int) -> tuple[int, int]:
+    """(offset, length) in bytes of partition `number` (1-based)."""
+    part = partition_table(image)["partitions"][number - 1]
+    return part["start"] * SECTOR, part["size"] * SECTOR
+
+
+def extract_partition(image: Path, number: int, target: Path) -> Path:
+    offset, length = partition_range(image, number)
+    with image.open("rb") as src, target.open("wb") as dst:
+        src.seek(offset)
+        remaining = length
+        while remaining:
+            chunk = src.read(min(4 << 20, remaining))
+            if not chunk:
+                break
+            dst.write(chunk)
+            remaining -= len(chunk)
+    return target
+
+
+def squashfs_cat(squashfs: Path, path: str) -> bytes:
+    return subprocess.run(["unsquashfs", "-cat", str(squashfs), path], capture_output=True, check=True).stdout
+
+
+def squashfs_list(squashfs: Path) -> set[str]:
+    out = subprocess.run(["unsquashfs", "-lc", "-d", "", str(squashfs)], capture_output=True, text=True, check=True).stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}

@@ -1,0 +1,113 @@
+"""The built qemu image, read back partition by partition with independent tools."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from amberpi.fatfs import list_fat, read_fat_file
+from amberpi.isofs import list_iso, read_iso_file, volume_id
+from tests.conftest import TEST_PASSWORD_HASH, BuiltImage
+from tests.imagetools import extract_partition, partition_table, squashfs_cat, squashfs_list
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def parts(qemu_image: BuiltImage, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("parts")
+    files = {
+        "p1": extract_partition(qemu_image.path, 1, folder / "p1.img"),
+        "p2": extract_partition(qemu_image.path, 2, folder / "p2.iso"),
+        "p3": extract_partition(qemu_image.path, 3, folder / "p3.iso"),
+        "p4": extract_partition(qemu_image.path, 4, folder / "p4.img"),
+    }
+    squashfs = folder / "filesystem.squashfs"
+    squashfs.write_bytes(read_iso_file(files["p2"], "/live/filesystem.squashfs"))
+    files["squashfs"] = squashfs
+    return files
+
+
+def test_outputs_next_to_the_image(qemu_image: BuiltImage) -> None:
+    names = {p.name for p in qemu_image.output.iterdir()}
+    assert {"amberpi-qemu.build.log", "amberpi-qemu.img", "amberpi-qemu.img.sha256", "amberpi-qemu.report.json"} <= names
+    assert not [n for n in names if n.endswith(".partial")]
+    digest = hashlib.sha256(qemu_image.path.read_bytes()).hexdigest()
+    assert (qemu_image.output / "amberpi-qemu.img.sha256").read_text() == f"{digest}  amberpi-qemu.img\n"
+    report = qemu_image.report
+    assert report["sha256"] == digest and report["board"] == "qemu" and report["backend"] == "native"
+    assert report["kernel_version"].endswith("-arm64") and report["package_count"] > 100
+    assert [s["name"] for s in report["stages"]][:4] == ["bootstrap", "packages", "customize", "squash"]
+    assert "root_password_hash" not in report["config"]
+
+
+def test_mbr_has_four_partitions(qemu_image: BuiltImage) -> None:
+    table = partition_table(qemu_image.path)
+    assert table["label"] == "dos"
+    assert table["id"] == f"0x{qemu_image.report['image_id']}"
+    partitions = table["partitions"]
+    assert [p["type"] for p in partitions] == ["c", "83", "83", "83"]
+    assert partitions[0].get("bootable") is True
+    assert not any(p.get("bootable") for p in partitions[1:])
+    assert all(p["start"] % 8192 == 0 for p in partitions), "4 MiB alignment"
+
+
+def test_boot_partition_has_grub(parts: dict[str, Path], qemu_image: BuiltImage) -> None:
+    names = list_fat(parts["p1"])
+    assert "/EFI/BOOT/BOOTAA64.EFI" in names and "/grub/grub.cfg" in names
+    assert read_fat_file(parts["p1"], "/EFI/BOOT/BOOTAA64.EFI")[:2] == b"MZ"
+    grub_cfg = read_fat_file(parts["p1"], "/grub/grub.cfg").decode()
+    labels = qemu_image.report["labels"]
+    assert f"live-media=/dev/disk/by-label/{labels['system']}" in grub_cfg
+    assert f"persistence-label={labels['persistence']}" in grub_cfg
+    assert "console=ttyAMA0,115200" in grub_cfg
+    assert not any(name.endswith(".elf") for name in names), "no Pi firmware on the qemu board"
+
+
+def test_system_partition(parts: dict[str, Path], qemu_image: BuiltImage) -> None:
+    files = list_iso(parts["p2"])
+    assert {"/live/filesystem.squashfs", "/live/vmlinuz", "/live/initrd.img", "/.disk/info"} <= set(files)
+    assert volume_id(parts["p2"]) == qemu_image.report["labels"]["system"]
+    assert files["/live/filesystem.squashfs"] == qemu_image.report["squashfs_bytes"]
+
+
+def test_kernel_partition_checksums(parts: dict[str, Path], qemu_image: BuiltImage) -> None:
+    files = list_iso(parts["p3"])
+    assert {"/vmlinuz", "/initrd.img", "/version", "/SHA256SUMS"} <= set(files)
+    assert volume_id(parts["p3"]) == qemu_image.report["labels"]["kernel"]
+    assert read_iso_file(parts["p3"], "/version").decode().strip() == qemu_image.report["kernel_version"]
+    for line in read_iso_file(parts["p3"], "/SHA256SUMS").decode().splitlines():
+        digest, name = line.split("  ")
+        assert hashlib.sha256(read_iso_file(parts["p3"], f"/{name}")).hexdigest() == digest
+    assert read_iso_file(parts["p3"], "/vmlinuz") == read_iso_file(parts["p2"], "/live/vmlinuz")
+
+
+def test_persistence_partition(parts: dict[str, Path], qemu_image: BuiltImage) -> None:
+    conf = subprocess.run(["debugfs", "-R", "cat /persistence.conf", str(parts["p4"])], capture_output=True, text=True, check=True)
+    assert conf.stdout == "/ union\n"
+    label = subprocess.run(["e2label", str(parts["p4"])], capture_output=True, text=True, check=True).stdout.strip()
+    assert label == qemu_image.report["labels"]["persistence"]
+    fsck = subprocess.run(["e2fsck", "-fn", str(parts["p4"])], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout
+
+
+def test_rootfs_has_no_baked_secrets(parts: dict[str, Path], qemu_image: BuiltImage) -> None:
+    squashfs = parts["squashfs"]
+    listing = squashfs_list(squashfs)
+    assert not [p for p in listing if p.startswith("etc/ssh/ssh_host_")], "SSH host keys are made on first boot"
+    assert squashfs_cat(squashfs, "etc/machine-id") == b""
+    shadow = squashfs_cat(squashfs, "etc/shadow").decode()
+    assert f"root:{TEST_PASSWORD_HASH}:" in shadow
+    assert not [p for p in listing if p.startswith("var/lib/apt/lists/") and p.endswith("Packages")]
+    assert "usr/sbin/update-initramfs" in listing and "usr/sbin/update-initramfs.distrib" not in listing
+    assert "usr/sbin/policy-rc.d" not in listing
+
+
+def test_apt_sources_point_at_the_mirror(parts: dict[str, Path], qemu_image: BuiltImage) -> None:
+    sources = squashfs_cat(parts["squashfs"], "etc/apt/sources.list.d/debian.sources").decode()
+    assert f"URIs: {qemu_image.report['mirror']}\n" in sources
+    assert "cache" not in sources
+    assert f"Suites: {qemu_image.report['suite']} " in sources
