@@ -22,6 +22,8 @@ AAVMF_VARS = Path("/usr/share/AAVMF/AAVMF_VARS.fd")
 LOGIN_PROMPT = r"login: "
 SHELL_PROMPT = "AMBERPI-PROMPT# "
 RC_MARKER = re.compile(r"__AMBERPI_RC=(\d+)__")
+# Terminal control sequences (bracketed paste, cursor moves) that shells print.
+ANSI_ESCAPE = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][A-Z0-9]|[=>])")
 
 
 class VMError(AmberPiError):
@@ -58,7 +60,7 @@ class VM:
             "-netdev",
             "user,id=net0",
             "-device",
-            "virtio-net-pci,netdev=net0",
+            "virtio-net-pci,netdev=net0,romfile=",
             "-display",
             "none",
             "-serial",
@@ -117,7 +119,7 @@ class VM:
         output = (self.child.before or b"").decode(errors="replace")
         code = int(self.child.match.group(1))
         self.expect(SHELL_PROMPT, timeout)
-        return code, output.replace("\r", "").strip()
+        return code, ANSI_ESCAPE.sub("", output).replace("\r", "").strip()
 
     def check(self, command: str, timeout: float = 120) -> str:
         code, output = self.run(command, timeout)
