@@ -19,8 +19,8 @@ STAGES: list[Stage] = [
     CustomizeStage(),
     SquashStage(),
     FirmwareStage(),
-    IsoStage(),
     BootfsStage(),
+    IsoStage(),
     PersistenceStage(),
     DiskStage(),
 ]

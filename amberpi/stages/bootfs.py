@@ -10,11 +10,14 @@ from typing import Any
 from amberpi.context import BuildContext
 from amberpi.errors import StageError
 from amberpi.fatfs import make_fat
-from amberpi.render import write_rendered
+from amberpi.render import render, write_rendered
 from amberpi.stages.base import Artefact, Stage
 from amberpi.stages.firmware import FIRMWARE_DIR, UBOOT_DIR
 
 GRUB_TIMEOUT = 3
+# Boots a newly installed kernel gets before GRUB falls back to the factory kernel.
+KERNEL_TRIES = 2
+GRUBENV_BYTES = 1024
 UBOOT_NAME = "u-boot.bin"
 FIRMWARE_PATTERNS = ("bootcode.bin", "start*.elf", "fixup*.dat", "LICENCE*")
 
@@ -29,10 +32,30 @@ def kernel_cmdline(ctx: BuildContext) -> str:
         f"amberpi.id={ctx.image_id}",
         "console=tty1",
         f"console={ctx.board.serial_console}",
+        # A kernel that panics reboots, so GRUB can count the try and fall back.
+        "panic=10",
     ]
     if ctx.config.kernel_cmdline:
         args.append(ctx.config.kernel_cmdline)
     return " ".join(args)
+
+
+def write_grubenv(target: Path, variables: list[tuple[str, str]]) -> None:
+    """GRUB's environment block: exactly 1024 bytes, '#'-padded, so GRUB can rewrite it in place."""
+    unpadded = render("grubenv.j2", variables=variables, padding="")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render("grubenv.j2", variables=variables, padding="#" * (GRUBENV_BYTES - len(unpadded))))
+    if target.stat().st_size != GRUBENV_BYTES:
+        raise StageError(f"grubenv is {target.stat().st_size} bytes, not {GRUBENV_BYTES}", where=str(target))
+
+
+def find_grubenv(image: Path, expected: bytes) -> int:
+    """Byte offset of grubenv inside the FAT image; it must be one contiguous 1024-byte run."""
+    data = image.read_bytes()
+    offset = data.find(expected[:512])
+    if offset < 0 or offset % 512 or data[offset : offset + len(expected)] != expected or data.find(expected[:512], offset + 1) >= 0:
+        raise StageError("grub/grubenv is not stored as one contiguous block in the boot partition", where=str(image))
+    return offset
 
 
 def copy_raspi_firmware(ctx: BuildContext, firmware: Artefact, squash: Artefact, tree: Path) -> None:
@@ -81,8 +104,12 @@ class BootfsStage(Stage):
             cmdline=kernel_cmdline(ctx),
             kernel_label=ctx.kernel_label,
             factory_version=squash.meta["kernel_version"],
+            tries=KERNEL_TRIES,
         )
+        write_grubenv(tree / "grub" / "grubenv", [("amberpi_state", "good"), ("amberpi_version", squash.meta["kernel_version"])])
         if ctx.board.firmware == "raspi":
             copy_raspi_firmware(ctx, upstream["firmware"], squash, tree)
         make_fat(tree, out / "p1.img", size_mib=ctx.config.boot_size_mib, label="AMBERPI", volume_id=ctx.image_id)
-        return Artefact(out, {})
+        # The device rewrites grubenv in place on the raw partition, as GRUB does.
+        offset = find_grubenv(out / "p1.img", (tree / "grub" / "grubenv").read_bytes())
+        return Artefact(out, {"grubenv_offset": offset})

@@ -16,7 +16,7 @@ from amberpi.stages.base import Artefact, Stage
 KERNEL_FILES = ("vmlinuz", "initrd.img")
 
 
-def stage_system_tree(ctx: BuildContext, squash: Artefact, tree: Path) -> None:
+def stage_system_tree(ctx: BuildContext, squash: Artefact, bootfs: Artefact, tree: Path) -> None:
     live = tree / "live"
     link_or_copy(squash.path / "filesystem.squashfs", live / "filesystem.squashfs")
     for name in KERNEL_FILES:
@@ -29,6 +29,18 @@ def stage_system_tree(ctx: BuildContext, squash: Artefact, tree: Path) -> None:
         board=ctx.board.name,
         image_id=ctx.image_id,
         kernel=squash.meta["kernel_version"],
+    )
+    write_rendered(
+        tree / ".disk" / "amberpi.conf",
+        "amberpi.conf.j2",
+        board=ctx.board.name,
+        image_id=ctx.image_id,
+        system_label=ctx.system_label,
+        kernel_label=ctx.kernel_label,
+        persistence_label=ctx.persistence_label,
+        factory_version=squash.meta["kernel_version"],
+        device_trees=ctx.board.device_trees,
+        grubenv_offset=bootfs.meta["grubenv_offset"],
     )
 
 
@@ -49,7 +61,7 @@ class IsoStage(Stage):
     name = "iso"
     title = "Writing the system and kernel partitions (ISO9660)"
     version = 1
-    needs = ("squash",)
+    needs = ("squash", "bootfs")
 
     def key_inputs(self, ctx: BuildContext) -> dict[str, Any]:
         return {"image_id": ctx.image_id, "device_trees": ctx.board.device_trees}
@@ -57,7 +69,7 @@ class IsoStage(Stage):
     def run(self, ctx: BuildContext, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
         squash = upstream["squash"]
         system_tree, kernel_tree = out / "system", out / "kernel"
-        stage_system_tree(ctx, squash, system_tree)
+        stage_system_tree(ctx, squash, upstream["bootfs"], system_tree)
         stage_kernel_tree(ctx, squash, kernel_tree)
         make_iso(system_tree, out / "p2.iso", volume_id=ctx.system_label)
         make_iso(kernel_tree, out / "p3.iso", volume_id=ctx.kernel_label)

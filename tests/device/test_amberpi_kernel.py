@@ -1,0 +1,224 @@
+"""amberpi-kernel on the host, against file-backed partitions, under dash and busybox sh.
+
+p1 is a real FAT image holding grub/grubenv (made by the build's own code), p3 a
+plain file; the script reads and writes them exactly as it does /dev/mmcblk0p1
+and p3 on a Pi. The real xorriso builds the ISO; pycdlib, mtools and GRUB's own
+grub-editenv read the results back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from amberpi.fatfs import make_fat, read_fat_file
+from amberpi.isofs import list_iso, read_iso_file, volume_id
+from amberpi.render import write_rendered
+from amberpi.stages.bootfs import find_grubenv, write_grubenv
+from tests.conftest import REPO
+
+SCRIPT = REPO / "amberpi/device/rootfs/usr/sbin/amberpi-kernel"
+SHELLS = [["dash"], ["busybox", "sh"]]
+FACTORY = "6.12.1+deb13-arm64"
+NEW = "6.16.3+bpo-arm64"
+KERNEL_LABEL = "AMBERPI_KRN_1A2B3C4D"
+DTB = "broadcom/bcm2837-rpi-3-b.dtb"
+
+
+@dataclass
+class Device:
+    root: Path
+    parts: Path
+    env: dict[str, str]
+    shell: list[str]
+
+    def run(self, *args: str, cmdline: str = "boot=live amberpi.id=1a2b3c4d amberpi.kernel=current") -> subprocess.CompletedProcess[str]:
+        Path(self.env["AMBERPI_CMDLINE_FILE"]).write_text(cmdline + "\n")
+        return subprocess.run([*self.shell, str(SCRIPT), *args], capture_output=True, text=True, env=self.env, timeout=120)
+
+    def grubenv(self) -> dict[str, str]:
+        text = read_fat_file(self.parts / "p1", "/grub/grubenv").decode()
+        assert len(text.encode()) == 1024
+        copy = self.parts / "grubenv-copy"
+        copy.write_text(text)
+        listed = subprocess.run(["grub-editenv", str(copy), "list"], capture_output=True, text=True, check=True).stdout
+        return dict(line.split("=", 1) for line in listed.splitlines())
+
+    def p3_digest(self) -> str:
+        return hashlib.sha256((self.parts / "p3").read_bytes()).hexdigest()
+
+
+def add_kernel(root: Path, version: str, *, initrd: bool = True, modules: bool = True) -> None:
+    (root / "boot").mkdir(parents=True, exist_ok=True)
+    (root / "boot" / f"vmlinuz-{version}").write_bytes(b"K" * 3000 + version.encode())
+    if initrd:
+        (root / "boot" / f"initrd.img-{version}").write_bytes(b"I" * 2000 + version.encode())
+    if modules:
+        (root / "usr/lib/modules" / version).mkdir(parents=True, exist_ok=True)
+    dtb = root / f"usr/lib/linux-image-{version}" / DTB
+    dtb.parent.mkdir(parents=True, exist_ok=True)
+    dtb.write_bytes(b"\xd0\x0d\xfe\xed" + version.encode())
+
+
+@pytest.fixture(params=SHELLS, ids=lambda s: s[0])
+def device(request: pytest.FixtureRequest, tmp_path: Path) -> Device:
+    shell = request.param
+    for tool in (shell[0], "xorriso", "grub-editenv", "mkfs.vfat"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed (tests/run.py installs it)")
+    root, parts, medium = tmp_path / "root", tmp_path / "parts", tmp_path / "medium"
+    parts.mkdir()
+    add_kernel(root, FACTORY)
+    boot_tree = tmp_path / "boot-tree"
+    write_grubenv(boot_tree / "grub" / "grubenv", [("amberpi_state", "good"), ("amberpi_version", FACTORY)])
+    (boot_tree / "EFI").mkdir()
+    make_fat(boot_tree, parts / "p1", size_mib=64, label="AMBERPI", volume_id="1a2b3c4d")
+    offset = find_grubenv(parts / "p1", (boot_tree / "grub" / "grubenv").read_bytes())
+    with (parts / "p3").open("wb") as handle:
+        handle.truncate(8 << 20)
+    write_rendered(
+        medium / ".disk" / "amberpi.conf",
+        "amberpi.conf.j2",
+        board="pi3",
+        image_id="1a2b3c4d",
+        system_label="AMBERPI_SYS_1A2B3C4D",
+        kernel_label=KERNEL_LABEL,
+        persistence_label="amberpi-1a2b3c4d",
+        factory_version=FACTORY,
+        device_trees=[DTB],
+        grubenv_offset=offset,
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "AMBERPI_ROOT": str(root),
+        "AMBERPI_PART_DIR": str(parts),
+        "AMBERPI_MEDIUM_DIR": str(medium),
+        "AMBERPI_RUN_DIR": str(tmp_path / "run"),
+        "AMBERPI_CMDLINE_FILE": str(tmp_path / "cmdline"),
+        "AMBERPI_ASSUME_PERSISTENCE": "1",
+    }
+    return Device(root, parts, env, shell)
+
+
+def test_install_writes_a_verified_kernel_partition(device: Device) -> None:
+    add_kernel(device.root, NEW)
+    result = device.run("install")
+    assert result.returncode == 0, result.stderr
+    assert f"kernel partition now holds {NEW}" in result.stdout
+    p3 = device.parts / "p3"
+    assert volume_id(p3) == KERNEL_LABEL
+    files = list_iso(p3)
+    assert {"/vmlinuz", "/initrd.img", "/version", "/SHA256SUMS", f"/dtbs/{DTB}"} <= set(files)
+    assert read_iso_file(p3, "/vmlinuz") == (device.root / "boot" / f"vmlinuz-{NEW}").read_bytes()
+    assert read_iso_file(p3, "/version").decode() == NEW + "\n"
+    for line in read_iso_file(p3, "/SHA256SUMS").decode().splitlines():
+        digest, name = line.split("  ")
+        assert hashlib.sha256(read_iso_file(p3, "/" + name)).hexdigest() == digest
+    assert device.grubenv() == {"amberpi_state": "new", "amberpi_version": NEW}
+    fsck = subprocess.run(["fsck.vfat", "-n", str(device.parts / "p1")], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout
+
+
+def test_confirm_keeps_a_kernel_on_trial(device: Device) -> None:
+    add_kernel(device.root, NEW)
+    assert device.run("install").returncode == 0
+    assert device.run("confirm").returncode == 0
+    assert device.grubenv()["amberpi_state"] == "new", "confirm does nothing unless booted on trial"
+    result = device.run("confirm", cmdline="boot=live amberpi.kernel=trial")
+    assert result.returncode == 0 and "booted fine" in result.stdout
+    assert device.grubenv() == {"amberpi_state": "good", "amberpi_version": NEW}
+
+
+def test_refuses_without_persistence_and_changes_nothing(device: Device) -> None:
+    add_kernel(device.root, NEW)
+    del device.env["AMBERPI_ASSUME_PERSISTENCE"]
+    before = device.p3_digest(), device.grubenv()
+    result = device.run("install", NEW)
+    assert result.returncode == 3
+    assert "without persistence" in result.stderr
+    assert (device.p3_digest(), device.grubenv()) == before
+
+
+def test_refuses_when_the_partition_is_too_small(device: Device) -> None:
+    add_kernel(device.root, NEW)
+    (device.root / "boot" / f"initrd.img-{NEW}").write_bytes(os.urandom(9 << 20))
+    before = device.p3_digest(), device.grubenv()
+    result = device.run("install", NEW)
+    assert result.returncode == 3
+    assert "but the kernel partition holds 8 MiB" in result.stderr
+    assert (device.p3_digest(), device.grubenv()) == before
+
+
+def test_refuses_when_the_initrd_is_missing(device: Device) -> None:
+    add_kernel(device.root, NEW, initrd=False)
+    before = device.p3_digest()
+    result = device.run("install", NEW)
+    assert result.returncode == 3 and f"/boot/initrd.img-{NEW} is missing" in result.stderr
+    assert device.p3_digest() == before
+
+
+def test_interrupted_write_leaves_state_writing(device: Device, tmp_path: Path) -> None:
+    """A power cut mid-write: GRUB sees 'writing' and boots the factory kernel."""
+    add_kernel(device.root, NEW)
+    fake_bin = tmp_path / "fakebin"
+    fake_bin.mkdir()
+    real_dd = shutil.which("dd")
+    fake_dd = fake_bin / "dd"
+    # Writes of the kernel partition stop half-way and the "power" goes (the script is killed).
+    fake_dd.write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *of={device.parts}/p3*) {real_dd} if=/dev/urandom of={device.parts}/p3 bs=4096 count=100 conv=notrunc 2>/dev/null;'
+        " kill -9 $PPID; exit 1 ;; esac\n"
+        f'exec {real_dd} "$@"\n'
+    )
+    fake_dd.chmod(0o755)
+    device.env["PATH"] = f"{fake_bin}:{device.env['PATH']}"
+    result = device.run("install", NEW)
+    assert result.returncode != 0
+    assert device.grubenv()["amberpi_state"] == "writing"
+    device.env["PATH"] = device.env["PATH"].split(":", 1)[1]
+    status = device.run("status")
+    assert "a write to the kernel partition did not finish" in status.stdout
+    assert device.run("reinstall").returncode == 0
+    assert device.grubenv() == {"amberpi_state": "new", "amberpi_version": NEW}
+
+
+def test_rollback_and_status(device: Device) -> None:
+    add_kernel(device.root, NEW)
+    assert device.run("install").returncode == 0
+    result = device.run("rollback")
+    assert result.returncode == 0 and f"factory kernel {FACTORY} boots from now on" in result.stdout
+    status = device.run("status").stdout
+    assert f"kernel partition:  {NEW} (state: rolled-back)" in status
+    assert "rolled back by hand" in status
+
+
+def test_status_explains_missing_modules(device: Device) -> None:
+    add_kernel(device.root, NEW)
+    assert device.run("install").returncode == 0
+    shutil.rmtree(device.root / "usr/lib/modules" / NEW)
+    status = device.run("status").stdout
+    assert f"the modules of {NEW} are not on the persistence partition" in status
+
+
+def test_initramfs_update_keeps_the_partition_in_step(device: Device) -> None:
+    add_kernel(device.root, NEW)
+    assert device.run("install").returncode == 0
+    (device.root / "boot" / f"initrd.img-{NEW}").write_bytes(b"regenerated initrd")
+    result = device.run("initramfs-updated", NEW)
+    assert result.returncode == 0 and "rewriting the kernel partition" in result.stdout
+    assert read_iso_file(device.parts / "p3", "/initrd.img") == b"regenerated initrd"
+    before = device.p3_digest()
+    assert device.run("initramfs-updated", FACTORY).returncode == 0
+    assert device.p3_digest() == before, "another kernel's initrd leaves the partition alone"
+
+
+def test_usage(device: Device) -> None:
+    result = device.run("frobnicate")
+    assert result.returncode == 2 and "usage:" in result.stderr
