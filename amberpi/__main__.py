@@ -76,17 +76,25 @@ def run_verb(args) -> int:  # type: ignore[no-untyped-def]
         return 0
     if args.verb == "clean":
         return clean(config, args.force)
-    from amberpi.hostsetup import prepare_native_host
-    from amberpi.pipeline import Pipeline
+    if getattr(args, "bootstrap_builder_base", False):
+        return bootstrap_builder_base(config)
+    from amberpi.backends import BuildRequest, select_backend
 
-    prepare_native_host()
+    backend = select_backend(args.backend)
     if args.verb == "validate":
-        Pipeline(config).validate()
-        LOG.note("config and host are ready to build")
+        backend.validate(BuildRequest(config))
+        LOG.note(f"config and host are ready to build (backend {backend.name})")
         return 0
     incremental = Incremental.no if args.no_cache else Incremental(args.incremental)
-    LOG.note(f"AmberPi: building {config.name} (board {config.board}, {config.suite} arm64, backend native, mirror {config.mirror})")
-    Pipeline(config, incremental=incremental, keep_workspace=args.keep_workspace).build()
+    request = BuildRequest(config, incremental, args.keep_workspace, LOG.verbose, LOG.debug, args.rebuild_builder)
+    return backend.build(request)
+
+
+def bootstrap_builder_base(config) -> int:  # type: ignore[no-untyped-def]
+    from amberpi.backends.builder import bootstrap_base_image
+    from amberpi.backends.engine import connect_engine
+
+    bootstrap_base_image(connect_engine(), config.mirror, Path(config.cache_dir))
     return 0
 
 

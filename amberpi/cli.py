@@ -33,6 +33,16 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
 
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "native", "docker"],
+        default="auto",
+        help="where to build: native (this Debian host, as root), docker (in the builder container), "
+        "auto (default: native when root on a Debian-family host, else docker)",
+    )
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="build.py",
@@ -58,9 +68,17 @@ def make_parser() -> argparse.ArgumentParser:
         help="use cached stages: yes (default), no, or strict (fail when a stage is not cached)",
     )
     build.add_argument("--keep-workspace", action="store_true", help="keep the build workspace for inspection")
+    add_backend(build)
+    build.add_argument("--rebuild-builder", action="store_true", help="docker backend: rebuild the builder image even if it is current")
+    build.add_argument(
+        "--bootstrap-builder-base",
+        action="store_true",
+        help="create the docker builder's base image amberpi/debian-base:bookworm with debootstrap (root), then exit",
+    )
 
     validate = sub.add_parser("validate", help="check the config and the host, build nothing")
     add_common(validate)
+    add_backend(validate)
 
     summary = sub.add_parser("summary", help="print the resolved config")
     add_common(summary)

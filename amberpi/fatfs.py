@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from amberpi.run import run
@@ -24,5 +25,8 @@ def list_fat(image: Path) -> list[str]:
 
 
 def read_fat_file(image: Path, path: str) -> bytes:
-    out = run(["mtype", "-i", str(image), f"::{path}"], capture=True, label="mtype", env=MTOOLS_ENV)
-    return out.encode()
+    """A file's bytes, copied out with mcopy (mtype would translate text)."""
+    with tempfile.TemporaryDirectory(prefix="amberpi-fat-") as folder:
+        target = Path(folder) / "file"
+        run(["mcopy", "-i", str(image), "-n", f"::{path}", str(target)], label="mcopy", env=MTOOLS_ENV)
+        return target.read_bytes()

@@ -72,9 +72,44 @@ def install_host_packages(packages: list[str]) -> None:
         ) from exc
 
 
-def ensure_arm64_emulation() -> None:
-    """binfmt_misc mounted and qemu-aarch64 registered, or a clear way to fix it."""
+# The kernel's binfmt_misc entry for arm64 ELF binaries, as qemu-user-static registers it.
+AARCH64_MAGIC = r"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00"
+AARCH64_MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
+EMULATION_FIX = (
+    "Debian/Ubuntu: sudo apt-get install qemu-user-static binfmt-support; "
+    "Fedora: sudo dnf install qemu-user-static && sudo systemctl restart systemd-binfmt; "
+    "or register it once by hand (until the next reboot; the F flag lets containers and chroots use it): "
+    f"printf '%s\\n' ':qemu-aarch64:M::{AARCH64_MAGIC}:{AARCH64_MASK}:/usr/bin/qemu-aarch64-static:FP' "
+    "| sudo tee /proc/sys/fs/binfmt_misc/register"
+)
+
+
+def arm64_emulation_problem() -> str | None:
+    """Why arm64 programs cannot run here (in a chroot or a container), or None when they can."""
     if not (BINFMT_DIR / "register").exists():
+        return f"binfmt_misc is not mounted at {BINFMT_DIR}, so arm64 programs cannot run"
+    entry = BINFMT_DIR / "qemu-aarch64"
+    if not entry.exists():
+        return "qemu-aarch64 is not registered with binfmt_misc, so arm64 programs cannot run"
+    text = entry.read_text()
+    if not text.startswith("enabled"):
+        return f"the binfmt_misc entry {entry} is disabled, so arm64 programs cannot run"
+    flags = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("flags:")), "")
+    if "F" not in flags:
+        return (
+            f"qemu-aarch64 is registered without the F (fix binary) flag ({entry} has flags: {flags or 'none'}), "
+            "so arm64 programs cannot run inside a chroot or a container"
+        )
+    return None
+
+
+def ensure_arm64_emulation(*, fix: bool = True) -> None:
+    """binfmt_misc mounted and qemu-aarch64 registered with the F flag, or a clear way to fix it.
+
+    With `fix`, first try to mount binfmt_misc and enable the entry (native builds, as root);
+    without, only look (the Docker backend checks the host before it starts anything).
+    """
+    if fix and not (BINFMT_DIR / "register").exists():
         try:
             run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_DIR)], label="mount")
         except AmberPiError as exc:
@@ -82,14 +117,17 @@ def ensure_arm64_emulation() -> None:
                 "binfmt_misc is not mounted, so arm64 programs cannot run",
                 hint=f"mount -t binfmt_misc binfmt_misc {BINFMT_DIR}",
             ) from exc
-    entry = BINFMT_DIR / "qemu-aarch64"
-    if not entry.exists() and shutil.which("update-binfmts"):
+    if fix and not (BINFMT_DIR / "qemu-aarch64").exists() and shutil.which("update-binfmts"):
         run(["update-binfmts", "--enable", "qemu-aarch64"], label="binfmt", ok=(0, 2))
-    if not entry.exists() or "enabled" not in entry.read_text():
-        raise BackendError(
-            "qemu-aarch64 is not registered with binfmt_misc, so arm64 programs cannot run",
-            hint="apt-get install qemu-user-static binfmt-support (Fedora: dnf install qemu-user-static)",
-        )
+    problem = arm64_emulation_problem()
+    if problem is None:
+        return
+    hint = EMULATION_FIX
+    if not (BINFMT_DIR / "register").exists():
+        hint = f"sudo mount -t binfmt_misc binfmt_misc {BINFMT_DIR}, then: {EMULATION_FIX}"
+    elif "without the F" in problem:
+        hint = f"remove the entry (echo -1 | sudo tee {BINFMT_DIR}/qemu-aarch64), then: {EMULATION_FIX}"
+    raise BackendError(problem, hint=hint)
 
 
 def prepare_native_host() -> None:

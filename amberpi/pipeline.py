@@ -59,8 +59,11 @@ def check_output_dir(output: Path) -> None:
 
 
 class Pipeline:
-    def __init__(self, config: Config, *, incremental: Incremental = Incremental.yes, keep_workspace: bool = False) -> None:
+    def __init__(
+        self, config: Config, *, incremental: Incremental = Incremental.yes, keep_workspace: bool = False, backend: str = "native"
+    ) -> None:
         self.config = config
+        self.backend = backend
         self.board = load_board(config.board)
         self.incremental = incremental
         self.keep_workspace = keep_workspace
@@ -238,7 +241,7 @@ class Pipeline:
             "image_bytes": self.artefacts["disk"].meta["image_bytes"],
             "image_id": ctx.image_id,
             "board": ctx.board.name,
-            "backend": "native",
+            "backend": self.backend,
             "suite": ctx.config.suite,
             "mirror": ctx.config.mirror,
             "kernel_version": squash.meta["kernel_version"],

@@ -42,4 +42,4 @@ def squashfs_cat(squashfs: Path, path: str) -> bytes:
 
 def squashfs_list(squashfs: Path) -> set[str]:
     out = subprocess.run(["unsquashfs", "-lc", "-d", "", str(squashfs)], capture_output=True, text=True, check=True).stdout
-    return {line.strip() for line in out.splitlines() if line.strip()}
+    return {line.strip().lstrip("/") for line in out.splitlines() if line.strip().strip("/")}

@@ -62,7 +62,7 @@ def test_ctrl_c_mid_chroot_releases_mounts(qemu_image: BuiltImage, tmp_path: Pat
     assert "HOOK-STARTED" in seen, seen[-3000:]
     assert amberpi_mounts(), "the chroot is mounted while the hook runs"
     process.send_signal(signal.SIGINT)
-    rest, _ = process.communicate(timeout=180)
+    _, rest = process.communicate(timeout=180)
     assert process.returncode == 130, rest[-3000:]
     assert "interrupted" in rest
     assert amberpi_mounts() == []
