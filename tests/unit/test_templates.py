@@ -37,11 +37,27 @@ def test_grub_cfg_pins_this_image() -> None:
         cmdline="boot=live X",
         kernel_label="AMBERPI_KRN_1A2B3C4D",
         factory_version="6.12.1",
+        tries=2,
     )
     assert 'set amberpi_args="boot=live X"' in text
-    assert '[ "${amberpi_krn_label}" = "AMBERPI_KRN_1A2B3C4D" ]' in text
+    assert '[ "${amberpi_krn_label}" != "AMBERPI_KRN_1A2B3C4D" ]' in text
     assert 'linux "${amberpi_krn}/vmlinuz"' in text and 'linux "${amberpi_sys}/live/vmlinuz"' in text
     assert "set default=factory" in text, "the factory kernel is the default until the kernel partition checks out"
+    assert 'sha256sum --check "${amberpi_krn}/SHA256SUMS" --prefix "${amberpi_krn}"' in text
+    assert '[ ! -d "${amberpi_data}/rw/usr/lib/modules/${amberpi_version}" ]' in text
+    assert 'load_env --file "${prefix}/grubenv" amberpi_state amberpi_version amberpi_tries' in text
+
+
+def test_grubenv_is_1024_bytes_and_grub_readable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    from amberpi.stages.bootfs import write_grubenv
+
+    env = tmp_path / "grubenv"
+    write_grubenv(env, [("amberpi_state", "good"), ("amberpi_version", "6.12.1")])
+    assert env.stat().st_size == 1024
+    listed = subprocess.run(["grub-editenv", str(env), "list"], capture_output=True, text=True, check=True).stdout
+    assert listed.splitlines() == ["amberpi_state=good", "amberpi_version=6.12.1"]
 
 
 def test_config_txt_for_pi3() -> None:
