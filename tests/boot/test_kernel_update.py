@@ -113,8 +113,10 @@ def test_1_apt_install_newer_kernel_boots_it(device: Device, kernel_repo: tuple[
         vm.check(f"echo 'deb [trusted=yes] http://{GUEST_HOST}:{port} ./' > {LOCAL_LIST}")
         vm.check(f"{APT_LOCAL} update", timeout=300)
         started = time.monotonic()
-        output = vm.check(f"DEBIAN_FRONTEND=noninteractive {APT_LOCAL} -y install linux-image-arm64 2>&1 | tail -n 15", timeout=2400)
-        device.note(f"apt install of {version}: {time.monotonic() - started:.0f}s\n{output}")
+        code, _ = vm.run(f"DEBIAN_FRONTEND=noninteractive {APT_LOCAL} -y install linux-image-arm64 > /root/apt.log 2>&1", timeout=2400)
+        output = vm.check("tail -n 25 /root/apt.log; apt-get clean")
+        device.note(f"apt install of {version}: {time.monotonic() - started:.0f}s, exit {code}\n{output}")
+    assert code == 0, output
     assert f"kernel partition now holds {version}" in output
     status = vm.check("amberpi-kernel status")
     assert f"kernel partition:  {version} (state: new" in status

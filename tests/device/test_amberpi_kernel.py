@@ -100,6 +100,7 @@ def device(request: pytest.FixtureRequest, tmp_path: Path) -> Device:
         "AMBERPI_PART_DIR": str(parts),
         "AMBERPI_MEDIUM_DIR": str(medium),
         "AMBERPI_RUN_DIR": str(tmp_path / "run"),
+        "AMBERPI_WORK_DIR": str(tmp_path / "work"),
         "AMBERPI_CMDLINE_FILE": str(tmp_path / "cmdline"),
         "AMBERPI_ASSUME_PERSISTENCE": "1",
     }
