@@ -38,6 +38,8 @@ OFFICIAL_BASE = ("debian", BASE_SUITE)  # Docker Hub; pulled only when BASE_IMAG
 BUILDER_REPOSITORY = "amberpi/builder"
 DOCKER_DIR = REPO_ROOT / "docker"
 REQUIREMENTS = REPO_ROOT / "requirements.txt"
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")  # authorities the host's admin added
+CA_CONTEXT_DIR = "host-ca-certificates"  # where docker/Dockerfile expects them in the context
 WORK_ROOT = Path("/var/tmp")
 # Debian's name for this machine's architecture (platform.machine() spelling on the left).
 DEBIAN_ARCHES = {
@@ -150,6 +152,10 @@ def builder_inputs() -> tuple[dict[str, bytes], dict[str, str]]:
     """The build context (docker/ and requirements.txt, by their repository paths) and build arguments."""
     files = {str(path.relative_to(REPO_ROOT)): path.read_bytes() for path in sorted(DOCKER_DIR.rglob("*")) if path.is_file()}
     files[REQUIREMENTS.name] = REQUIREMENTS.read_bytes()
+    if HOST_CA_DIR.is_dir():
+        for path in sorted(HOST_CA_DIR.rglob("*.crt")):
+            if path.is_file():
+                files[f"{CA_CONTEXT_DIR}/{path.relative_to(HOST_CA_DIR)}"] = path.read_bytes()
     buildargs = {
         "BASE_IMAGE": BASE_IMAGE,
         "SUITE": BASE_SUITE,
@@ -171,6 +177,9 @@ def builder_tag(files: dict[str, bytes], buildargs: dict[str, str], base_id: str
 def context_tar(files: dict[str, bytes]) -> io.BytesIO:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
+        folder = tarfile.TarInfo(CA_CONTEXT_DIR)  # present even when the host added no authority
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(folder)
         for name in sorted(files):
             info = tarfile.TarInfo(name)
             info.size = len(files[name])

@@ -227,9 +227,8 @@ class OutputPump:
 
 def stop_container(container: Any, pump: OutputPump, grace: float = STOP_GRACE) -> None:
     """SIGINT the pipeline, let it unwind (mounts, workspace), then SIGKILL if it lingers."""
-    import requests
-
     import docker
+    import requests
 
     LOG.note("interrupted: stopping the build container, which releases its mounts …")
     since = int(time.time()) - 1
