@@ -19,7 +19,18 @@ sys.path.insert(0, str(REPO))
 import build  # noqa: E402 - the front door's venv helper, shared on purpose
 
 # What the tests use beyond the build's own host tools (the build installs those).
-TEST_PACKAGES = ("qemu-system-arm", "qemu-efi-aarch64", "shellcheck", "dash", "busybox", "openssl", "xorriso", "grub-common", "apt-utils")
+TEST_PACKAGES = (
+    "qemu-system-arm",
+    "qemu-efi-aarch64",
+    "shellcheck",
+    "dash",
+    "busybox",
+    "openssl",
+    "xorriso",
+    "grub-common",
+    "apt-utils",
+    "docker.io",
+)
 BUILD_PACKAGES = (
     "debootstrap",
     "qemu-user-static",
