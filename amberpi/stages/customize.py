@@ -13,12 +13,14 @@ from amberpi.context import BuildContext
 from amberpi.errors import StageError, ToolError
 from amberpi.log import LOG
 from amberpi.mounts import ChrootSession, resolve_inside
-from amberpi.render import template_paths, write_rendered
+from amberpi.render import TEMPLATES_DIR, write_rendered
 from amberpi.run import run
 from amberpi.stages.base import Artefact, Stage
 from amberpi.stages.packages import UPDATE_INITRAMFS
 
 HOOK_SUFFIX = ".hook.chroot"
+# The templates this stage renders: part of its cache key.
+CUSTOMIZE_TEMPLATES = ("hostname.j2", "hosts.j2", "fstab.j2", "authorized_keys.j2")
 HOOKS_IN_CHROOT = "tmp/amberpi-hooks"
 GRUB_OUT_IN_CHROOT = "tmp/amberpi-grub"
 # Built into the EFI image so p1 needs no module folder: disk and file systems,
@@ -91,7 +93,7 @@ class CustomizeStage(Stage):
             "hooks": digest_paths(hook_files(ctx)),
             "hook_names": [p.name for p in hook_files(ctx)],
             "includes": digest_paths(include_folders(ctx)),
-            "templates": digest_paths(template_paths()),
+            "templates": digest_paths([TEMPLATES_DIR / name for name in CUSTOMIZE_TEMPLATES]),
             "grub_modules": list(GRUB_MODULES),
         }
 

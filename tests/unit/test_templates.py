@@ -87,3 +87,29 @@ def test_every_template_is_used_by_the_code() -> None:
     sources = "\n".join(p.read_text() for p in Path("amberpi").rglob("*.py"))
     unused = [t.name for t in template_paths() if f'"{t.name}"' not in sources]
     assert unused == []
+
+
+@pytest.mark.parametrize("board", ["qemu", "pi3"])
+def test_grub_cfg_parses_with_grub_script_check(board: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """GRUB skips what it cannot parse and carries on, so a syntax error would silently change the boot choice."""
+    import shutil
+    import subprocess
+
+    if shutil.which("grub-script-check") is None:
+        pytest.fail("grub-script-check is missing (tests/run.py installs grub-common)")
+    cfg = tmp_path / "grub.cfg"
+    cfg.write_text(
+        render(
+            "grub.cfg.j2",
+            board=board,
+            image_id="1a2b3c4d",
+            timeout=3,
+            cmdline="boot=live console=ttyS1,115200",
+            kernel_label="AMBERPI_KRN_1A2B3C4D",
+            factory_version="6.12.1+deb13-arm64",
+            tries=2,
+        )
+    )
+    result = subprocess.run(["grub-script-check", str(cfg)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "set fallback=factory" in cfg.read_text()
