@@ -7,24 +7,11 @@ import shutil
 from pathlib import Path
 
 from amberpi.errors import AmberPiError, BackendError, ToolMissing, UsageError
+from amberpi.hostpackages import HOST_PACKAGES
 from amberpi.log import LOG
 from amberpi.run import TOOL_PACKAGES, run
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
-# Every host package the native build uses; installed together in one apt run.
-HOST_PACKAGES = (
-    "debootstrap",
-    "qemu-user-static",
-    "binfmt-support",
-    "squashfs-tools",
-    "dosfstools",
-    "mtools",
-    "e2fsprogs",
-    "fdisk",
-    "debian-archive-keyring",
-    "zstd",
-    "xz-utils",
-)
 HOST_TOOLS = ("debootstrap", "mksquashfs", "mkfs.vfat", "mcopy", "mkfs.ext4", "sfdisk", "chroot", "dpkg-deb", "apt-get")
 
 

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import build  # noqa: E402 - the front door's venv helper, shared on purpose
+from amberpi.hostpackages import HOST_PACKAGES as BUILD_PACKAGES  # noqa: E402 - standard library only
 
 # What the tests use beyond the build's own host tools (the build installs those).
 TEST_PACKAGES = (
@@ -30,19 +31,6 @@ TEST_PACKAGES = (
     "grub-common",
     "apt-utils",
     "docker.io",
-)
-BUILD_PACKAGES = (
-    "debootstrap",
-    "qemu-user-static",
-    "binfmt-support",
-    "squashfs-tools",
-    "dosfstools",
-    "mtools",
-    "e2fsprogs",
-    "fdisk",
-    "debian-archive-keyring",
-    "zstd",
-    "xz-utils",
 )
 # Order matters: fast checks first, then the shared image build, then booting it.
 SUITES = ["tests/unit", "tests/device", "tests/integration", "tests/boot"]
