@@ -230,15 +230,17 @@ def build_builder_image(client: Any, tag: str, files: dict[str, bytes], buildarg
         raise api_error(exc, "build the builder image", places) from None
 
 
-def prune_builders(client: Any, keep: str) -> None:
-    """Remove builder images of earlier inputs (they are large); ones still in use stay."""
+def prune_builders(client: Any, keep: str, replaced: str | None = None) -> None:
+    """Remove builder images of earlier inputs, and the one a forced rebuild replaced (they are large).
+
+    Images still in use by a container stay.
+    """
     import docker
 
-    for image in client.images.list(name=BUILDER_REPOSITORY):
-        if keep in image.tags:
-            continue
+    stale = [image.id for image in client.images.list(name=BUILDER_REPOSITORY) if keep not in image.tags]
+    for image_id in [*stale, *([replaced] if replaced else [])]:
         try:
-            client.images.remove(image.id)
+            client.images.remove(image_id)
         except docker.errors.APIError:
             continue
 
@@ -250,16 +252,16 @@ def ensure_builder_image(client: Any, *, rebuild: bool = False) -> str:
     base_id = ensure_base_image(client)
     files, buildargs = builder_inputs()
     tag = builder_tag(files, buildargs, base_id)
-    if not rebuild:
-        try:
-            client.images.get(tag)
-            LOG.note(f"Builder image {tag} is up to date")
-            return tag
-        except docker.errors.ImageNotFound:
-            pass
+    try:
+        previous = str(client.images.get(tag).id)
+    except docker.errors.ImageNotFound:
+        previous = None
+    if previous and not rebuild:
+        LOG.note(f"Builder image {tag} is up to date")
+        return tag
     LOG.note(f"Building the builder image {tag} (docker/Dockerfile on {BASE_IMAGE}) …")
     build_builder_image(client, tag, files, buildargs, nocache=rebuild)
-    prune_builders(client, keep=tag)
     image = client.images.get(tag)
+    prune_builders(client, keep=tag, replaced=previous if previous != image.id else None)
     LOG.note(f"Builder image {tag} is ready ({int(image.attrs.get('Size', 0)) >> 20} MiB)")
     return tag

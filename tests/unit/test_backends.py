@@ -261,6 +261,9 @@ class FakeImages:
     def list(self, name: str) -> list[Any]:
         return []
 
+    def remove(self, image: str) -> None:
+        self.present.discard(image)
+
 
 class FakeClient:
     def __init__(
