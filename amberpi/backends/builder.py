@@ -24,7 +24,7 @@ from amberpi.backends.engine import api_error, diagnose
 from amberpi.cache import canonical
 from amberpi.config import REPO_ROOT
 from amberpi.errors import BackendError, ToolMissing, UsageError
-from amberpi.hostsetup import HOST_PACKAGES
+from amberpi.hostpackages import HOST_PACKAGES
 from amberpi.log import LOG
 from amberpi.mirror import detect_host_mirrors
 from amberpi.mounts import remove_tree
