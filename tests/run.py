@@ -29,6 +29,8 @@ TEST_PACKAGES = (
     "openssl",
     "xorriso",
     "grub-common",
+    # Runs the real grub.cfg against file-backed disks (tests/unit/test_grub_logic.py).
+    "grub-emu",
     "apt-utils",
     "docker.io",
 )

@@ -1,0 +1,199 @@
+"""The boot menu's decisions, run by GRUB itself (grub-emu) against small file-backed disks.
+
+Each case builds the four partitions the way the build does (mtools, pycdlib, mkfs.ext4 -d),
+sets the kernel partition's state in grubenv, lets grub-emu source the real grub.cfg, and
+reads back which entry GRUB would boot, why, and what it saved. grub-emu is the host's GRUB
+(2.06 on Debian 12) while the image runs trixie's; the booted tests cover the difference.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from amberpi.fatfs import make_fat
+from amberpi.files import sha256_file
+from amberpi.isofs import make_iso
+from amberpi.layout import plan_layout
+from amberpi.render import write_rendered
+from amberpi.stages.bootfs import GRUBENV_BYTES, KERNEL_TRIES, write_grubenv
+from amberpi.stages.disk import write_disk
+from amberpi.stages.persistence import make_ext4
+
+IMAGE_ID = "1a2b3c4d"
+KERNEL_LABEL = "AMBERPI_KRN_1A2B3C4D"
+FACTORY = "6.12.1-arm64"
+NEW = "7.3.4-arm64"
+MODULES = f"rw/usr/lib/modules/{NEW}"
+
+
+@dataclass
+class Scenario:
+    state: str
+    version: str = NEW
+    tries: str | None = None
+    modules: str | None = MODULES  # folder created on p4, None for an empty (reset) p4
+    kernel_label: str = KERNEL_LABEL
+    corrupt_kernel: bool = False
+
+
+@dataclass
+class Decision:
+    default: str
+    mode: str
+    why: str
+    grubenv: dict[str, str]
+
+
+def build_disk(folder: Path, case: Scenario) -> Path:
+    p1 = folder / "p1"
+    write_rendered(
+        p1 / "grub" / "grub.cfg",
+        "grub.cfg.j2",
+        board="qemu",
+        image_id=IMAGE_ID,
+        timeout=0,
+        cmdline="boot=live",
+        kernel_label=KERNEL_LABEL,
+        factory_version=FACTORY,
+        tries=KERNEL_TRIES,
+    )
+    variables = [("amberpi_state", case.state), ("amberpi_version", case.version)]
+    if case.tries is not None:
+        variables.append(("amberpi_tries", case.tries))
+    write_grubenv(p1 / "grub" / "grubenv", variables)
+    make_fat(p1, folder / "p1.img", size_mib=40, label="AMBERPI", volume_id=IMAGE_ID)
+
+    p2 = folder / "p2"
+    (p2 / "live").mkdir(parents=True)
+    (p2 / "live" / "vmlinuz").write_bytes(b"factory kernel")
+    make_iso(p2, folder / "p2.iso", volume_id="AMBERPI_SYS_1A2B3C4D")
+
+    p3 = folder / "p3"
+    p3.mkdir()
+    (p3 / "vmlinuz").write_bytes(b"kernel " + case.version.encode())
+    (p3 / "initrd.img").write_bytes(b"initrd " + case.version.encode())
+    (p3 / "version").write_text(case.version + "\n")
+    sums = [(p.name, sha256_file(p)) for p in sorted(p3.iterdir())]
+    write_rendered(p3 / "SHA256SUMS", "SHA256SUMS.j2", sums=sums)
+    if case.corrupt_kernel:
+        (p3 / "vmlinuz").write_bytes(b"kernel, cut short")
+    make_iso(p3, folder / "p3.iso", volume_id=case.kernel_label)
+
+    p4 = folder / "p4"
+    p4.mkdir()
+    (p4 / "persistence.conf").write_text("/ union\n")
+    if case.modules:
+        (p4 / case.modules).mkdir(parents=True)
+    make_ext4(p4, folder / "p4.img", size_mib=8, label=f"amberpi-{IMAGE_ID}", fs_uuid="0e7b4a7e-1d2c-4f0e-9a53-2b1f0c6d8e11")
+
+    files = {"boot": folder / "p1.img", "system": folder / "p2.iso", "kernel": folder / "p3.iso", "persistence": folder / "p4.img"}
+    partitions = plan_layout({role: path.stat().st_size for role, path in files.items()})
+    write_disk(folder / "disk.img", partitions, files, IMAGE_ID)
+    return folder / "disk.img"
+
+
+def read_grubenv(disk: Path) -> dict[str, str]:
+    """The environment block as saved on the disk (found by its header, as the device does)."""
+    data = disk.read_bytes()
+    start = data.index(b"# GRUB Environment Block\n")
+    block = data[start : start + GRUBENV_BYTES].decode()
+    return dict(line.split("=", 1) for line in block.splitlines()[1:] if "=" in line)
+
+
+def decide(tmp_path: Path, case: Scenario) -> Decision:
+    disk = build_disk(tmp_path, case)
+    (tmp_path / "device.map").write_text(f"(hd0) {disk}\n")
+    (tmp_path / "emu").mkdir()
+    commands = [
+        "set prefix=(hd0,msdos1)/grub",
+        "source ${prefix}/grub.cfg",
+        'echo "DECISION|${default}|${amberpi_mode}|${amberpi_why}|END"',
+        "halt",
+    ]
+    result = subprocess.run(
+        ["grub-emu", "-m", str(tmp_path / "device.map"), "-d", str(tmp_path / "emu"), "-r", "hd0,msdos1"],
+        input="\n".join(commands) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout).replace("\r", "\n")
+    # The emulated terminal wraps at 80 columns, at a space: join the answer back up.
+    found = re.search(r"^DECISION\|(.*?)\|END$", screen, re.MULTILINE | re.DOTALL)
+    assert found, f"grub-emu printed no decision:\n{screen}\n{result.stderr}"
+    default, mode, why = (" ".join(field.split()) for field in found[1].split("|"))
+    return Decision(default, mode, why, read_grubenv(disk))
+
+
+def test_confirmed_kernel_boots_from_the_kernel_partition(tmp_path: Path) -> None:
+    decision = decide(tmp_path, Scenario(state="good"))
+    assert (decision.default, decision.mode) == ("current", "current")
+
+
+def test_factory_version_needs_no_modules_on_persistence(tmp_path: Path) -> None:
+    decision = decide(tmp_path, Scenario(state="good", version=FACTORY, modules=None))
+    assert (decision.default, decision.mode) == ("current", "current")
+
+
+def test_new_kernel_gets_its_first_try_and_it_is_counted(tmp_path: Path) -> None:
+    decision = decide(tmp_path, Scenario(state="new"))
+    assert (decision.default, decision.mode) == ("current", "trial")
+    assert decision.grubenv["amberpi_tries"] == "1" and decision.grubenv["amberpi_state"] == "new"
+
+
+def test_new_kernel_gets_a_second_try(tmp_path: Path) -> None:
+    decision = decide(tmp_path, Scenario(state="new", tries="1"))
+    assert (decision.default, decision.mode) == ("current", "trial")
+    assert decision.grubenv["amberpi_tries"] == "2"
+
+
+def test_new_kernel_out_of_tries_is_marked_bad(tmp_path: Path) -> None:
+    decision = decide(tmp_path, Scenario(state="new", tries=str(KERNEL_TRIES)))
+    assert (decision.default, decision.mode) == ("factory", "factory")
+    assert decision.grubenv["amberpi_state"] == "bad"
+    assert "did not confirm a good boot in 2 tries" in decision.why
+
+
+@pytest.mark.parametrize("state", ["new", "good"])
+def test_missing_modules_boot_the_factory_kernel(tmp_path: Path, state: str) -> None:
+    """A persistence reset after an update: no trial, no try counted."""
+    decision = decide(tmp_path, Scenario(state=state, modules=None))
+    assert (decision.default, decision.mode) == ("factory", "factory")
+    assert decision.why == f"the modules of {NEW} are not on the persistence partition"
+    assert "amberpi_tries" not in decision.grubenv
+
+
+@pytest.mark.parametrize("modules", ["rw", "rw/usr", "rw/usr/lib/modules", "rw/usr/lib/modules/6.12.1-arm64"])
+def test_partial_module_paths_are_not_enough(tmp_path: Path, modules: str) -> None:
+    decision = decide(tmp_path, Scenario(state="good", modules=modules))
+    assert decision.default == "factory"
+
+
+def test_checksum_mismatch_boots_the_factory_kernel(tmp_path: Path) -> None:
+    decision = decide(tmp_path, Scenario(state="good", corrupt_kernel=True))
+    assert decision.default == "factory" and decision.why == "the kernel partition's checksums do not verify"
+
+
+@pytest.mark.parametrize(
+    ("state", "why"),
+    [
+        ("writing", "a write to the kernel partition did not finish"),
+        ("bad", f"kernel {NEW} never confirmed a good boot"),
+        ("rolled-back", "rolled back to the factory kernel"),
+        ("confused", "unknown kernel partition state 'confused'"),
+    ],
+)
+def test_unusable_states_boot_the_factory_kernel(tmp_path: Path, state: str, why: str) -> None:
+    decision = decide(tmp_path, Scenario(state=state))
+    assert (decision.default, decision.why) == ("factory", why)
+
+
+def test_foreign_kernel_partition_is_not_used(tmp_path: Path) -> None:
+    decision = decide(tmp_path, Scenario(state="good", kernel_label="AMBERPI_KRN_99999999"))
+    assert decision.default == "factory"
+    assert decision.why == "the kernel partition is not this image's (label 'AMBERPI_KRN_99999999')"
