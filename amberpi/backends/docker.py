@@ -38,7 +38,7 @@ CONFIG_NAME = "build-config.yaml"
 STOP_GRACE = 120.0  # seconds the pipeline gets to unwind (unmount, clean up) after SIGINT
 TAIL_LINES = 200
 FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev", "/run/amberpi")
-PASSED_ENV = ("SOURCE_DATE_EPOCH", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+PASSED_ENV = ("SOURCE_DATE_EPOCH", "QEMU_CPU", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 # Capabilities the pipeline uses in the container; every other one is dropped (no privileged=True,
 # which also fails on engines whose bounding set lacks CAP_SYS_RESOURCE).

@@ -37,3 +37,12 @@ def test_binfmt_unregistered(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     with pytest.raises(BackendError) as info:
         hostsetup.ensure_arm64_emulation()
     assert "qemu-user-static binfmt-support" in info.value.render()
+
+
+def test_emulated_cpu_defaults_to_one_without_pointer_authentication(monkeypatch: pytest.MonkeyPatch) -> None:
+    from amberpi.run import EMULATED_CPU, base_env
+
+    monkeypatch.delenv("QEMU_CPU", raising=False)
+    assert base_env()["QEMU_CPU"] == EMULATED_CPU == "cortex-a72"
+    monkeypatch.setenv("QEMU_CPU", "max")
+    assert base_env()["QEMU_CPU"] == "max", "the user's choice wins"
