@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from amberpi.files import sha256_range
-from amberpi.vm import VM
+from tests.buildtools import booted_copy
 from tests.conftest import TEST_PASSWORD, BuiltImage
 from tests.imagetools import partition_range
 
@@ -28,43 +26,35 @@ def read_only_hashes(image: Path) -> dict[int, str]:
 
 
 def test_boot_login_overlay_persistence(qemu_image: BuiltImage, tmp_path: Path) -> None:
-    image = tmp_path / "disk.img"
-    subprocess.run(["cp", "--sparse=always", str(qemu_image.path), str(image)], check=True)
-    before = read_only_hashes(image)
+    before = read_only_hashes(qemu_image.path)
     labels = qemu_image.report["labels"]
     token = secrets.token_hex(8)
-    vm = VM(image, console_log=tmp_path / "console.log")
     try:
-        vm.start()
-        seconds = vm.wait_for_login()
-        print(f"\nboot to login: {seconds:.0f}s", file=sys.stderr)
-        vm.login("root", TEST_PASSWORD)
+        with booted_copy(qemu_image.path, tmp_path) as vm:
+            assert vm.check("findmnt -n -o FSTYPE /") == "overlay"
+            cmdline = vm.check("cat /proc/cmdline")
+            assert "amberpi.kernel=current" in cmdline, "GRUB booted the kernel partition"
+            assert f"amberpi.id={qemu_image.report['image_id']}" in cmdline
+            medium = vm.check("findmnt -n -o SOURCE /run/live/medium")
+            assert medium == "/dev/vda2"
+            assert vm.check("blkid -s LABEL -o value /dev/vda2") == labels["system"]
+            assert vm.check("findmnt -n -o SOURCE,FSTYPE /run/live/persistence/vda4").split() == ["/dev/vda4", "ext4"]
+            assert vm.check("blkid -s LABEL -o value /dev/vda4") == labels["persistence"]
+            loop = vm.check("findmnt -n -o SOURCE /run/live/rootfs/filesystem.squashfs")
+            assert vm.check(f"losetup -n -O BACK-FILE {loop}") == "/run/live/medium/live/filesystem.squashfs"
+            assert vm.check("ls /etc/ssh/ssh_host_ed25519_key") == "/etc/ssh/ssh_host_ed25519_key"
+            assert vm.check("passwd -S root").split()[1] == "P"
 
-        assert vm.check("findmnt -n -o FSTYPE /") == "overlay"
-        cmdline = vm.check("cat /proc/cmdline")
-        assert "amberpi.kernel=current" in cmdline, "GRUB booted the kernel partition"
-        assert f"amberpi.id={qemu_image.report['image_id']}" in cmdline
-        medium = vm.check("findmnt -n -o SOURCE /run/live/medium")
-        assert medium == "/dev/vda2"
-        assert vm.check("blkid -s LABEL -o value /dev/vda2") == labels["system"]
-        assert vm.check("findmnt -n -o SOURCE,FSTYPE /run/live/persistence/vda4").split() == ["/dev/vda4", "ext4"]
-        assert vm.check("blkid -s LABEL -o value /dev/vda4") == labels["persistence"]
-        loop = vm.check("findmnt -n -o SOURCE /run/live/rootfs/filesystem.squashfs")
-        assert vm.check(f"losetup -n -O BACK-FILE {loop}") == "/run/live/medium/live/filesystem.squashfs"
-        assert vm.check("ls /etc/ssh/ssh_host_ed25519_key") == "/etc/ssh/ssh_host_ed25519_key"
-        assert vm.check("passwd -S root").split()[1] == "P"
-
-        vm.check(f"echo {token} > /root/persisted && sync")
-        vm.send("systemctl reboot")
-        vm.wait_for_login()
-        vm.login("root", TEST_PASSWORD)
-        assert vm.check("cat /root/persisted") == token
-        machine_id = vm.check("cat /etc/machine-id")
-        assert len(machine_id) == 32
-        vm.send("systemctl poweroff")
-        vm.wait_exit()
+            vm.check(f"echo {token} > /root/persisted && sync")
+            vm.send("systemctl reboot")
+            vm.wait_for_login()
+            vm.login("root", TEST_PASSWORD)
+            assert vm.check("cat /root/persisted") == token
+            machine_id = vm.check("cat /etc/machine-id")
+            assert len(machine_id) == 32
+            vm.send("systemctl poweroff")
+            vm.wait_exit()
     finally:
-        vm.close()
         if (tmp_path / "console.log").exists():
             shutil.copy2(tmp_path / "console.log", qemu_image.output / "console-boot-test.log")
-    assert read_only_hashes(image) == before, "p1-p3 are never written by the running system"
+    assert read_only_hashes(tmp_path / "disk.img") == before, "p1-p3 are never written by the running system"

@@ -1,0 +1,67 @@
+"""Helpers shared by the tests that interrupt builds or boot a built image."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from amberpi.vm import VM
+from tests.conftest import REPO, TEST_PASSWORD, write_test_config
+
+HOOK_NAME = "9999-test.hook.chroot"
+
+
+def amberpi_mounts() -> list[str]:
+    """Mounts of AmberPi's build workspaces still in /proc/mounts."""
+    return [line for line in Path("/proc/mounts").read_text().splitlines() if "/amberpi-" in line.split()[1]]
+
+
+def hook_config(tmp_path: Path, body: str) -> Path:
+    """A test config with one extra chroot hook running `body`."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hook = hooks / HOOK_NAME
+    hook.write_text("#!/bin/sh\n" + body)
+    hook.chmod(0o755)
+    return write_test_config(tmp_path, hooks_dirs=[str(hooks)])
+
+
+def start_build_in_hook(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """Start a build whose hook says HOOK-STARTED and sleeps; return once it has said so."""
+    config = hook_config(tmp_path, "echo HOOK-STARTED\nsleep 600\n")
+    argv = [sys.executable, "-m", "amberpi", *args, "--verbose", "--config", str(config), "--output", str(tmp_path / "out")]
+    process = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    assert process.stderr
+    seen = ""
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        seen += line
+        if "HOOK-STARTED" in line or not line:
+            break
+    assert "HOOK-STARTED" in seen, seen[-3000:]
+    return process
+
+
+def hook_left_running() -> str:
+    return subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True, text=True).stdout.strip()
+
+
+@contextmanager
+def booted_copy(image: Path, folder: Path) -> Iterator[VM]:
+    """Boot a sparse copy of image to a root login; the VM is closed on the way out."""
+    copy = folder / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(image), str(copy)], check=True)
+    vm = VM(copy, console_log=folder / "console.log")
+    try:
+        vm.start()
+        seconds = vm.wait_for_login()
+        print(f"\n{image.name}: boot to login {seconds:.0f}s", file=sys.stderr)
+        vm.login("root", TEST_PASSWORD)
+        yield vm
+    finally:
+        vm.close()
