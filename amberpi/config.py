@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import re
 import secrets
 from dataclasses import dataclass, field, fields
@@ -63,6 +64,9 @@ class Config:
     kernel_size_mib: int = setting(256, "size of p3, the kernel partition (MiB)")
     persistence_size_mib: int = setting(1024, "size of p4, the persistence partition in the image (MiB)")
     cache_dir: str = setting("/var/cache/amberpi", "build cache folder", cli=True)
+    source_date_epoch: int = setting(
+        0, "the build's timestamp for every file it writes (0: when the packages were installed; SOURCE_DATE_EPOCH sets it too)"
+    )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -201,6 +205,8 @@ def validate_values(values: dict[str, Any], origins: dict[str, str], problems: l
     for mirror_key in ("mirror", "security_mirror"):
         if values[mirror_key] and not re.match(r"^(https?|file)://\S+$", values[mirror_key]):
             bad(mirror_key, f"{values[mirror_key]!r} is not a URL", "e.g. http://HOST/debian")
+    if values["source_date_epoch"] < 0:
+        bad("source_date_epoch", f"{values['source_date_epoch']} is negative", "seconds since 1970, e.g. `date +%s`")
     limits = {"boot_size_mib": (64, 4096), "kernel_size_mib": (128, 4096), "persistence_size_mib": (256, 1 << 20)}
     for key, (low, high) in limits.items():
         if not low <= values[key] <= high:
@@ -219,6 +225,9 @@ def load_config(config_file: Path | None = None, overrides: dict[str, Any] | Non
         layers.append((str(defaults_file), read_yaml(defaults_file, problems), defaults_file.parent))
     if config_file is not None:
         layers.append((str(config_file), read_yaml(config_file, problems), config_file.resolve().parent))
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if epoch:
+        layers.append(("environment (SOURCE_DATE_EPOCH)", {"source_date_epoch": epoch}, None))
     if overrides:
         layers.append(("command line", {k: v for k, v in overrides.items() if v is not None}, None))
     for origin, data, base in layers:

@@ -5,17 +5,23 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from amberpi.files import set_mtimes
 from amberpi.run import run
 
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
 
 
-def make_fat(source: Path, target: Path, *, size_mib: int, label: str, volume_id: str) -> None:
+def make_fat(source: Path, target: Path, *, size_mib: int, label: str, volume_id: str, epoch: int) -> None:
+    """A FAT32 image of `source`'s tree; every date is epoch, so the same tree gives the same bytes."""
     if target.exists():
         target.unlink()
-    run(["mkfs.vfat", "-F", "32", "-n", label, "-i", volume_id, "-C", str(target), str(size_mib * 1024)], label="mkfs.vfat")
+    set_mtimes(source, epoch)
+    env = {**MTOOLS_ENV, "SOURCE_DATE_EPOCH": str(epoch)}
+    argv = ["mkfs.vfat", "--invariant", "-F", "32", "-n", label, "-i", volume_id, "-C", str(target), str(size_mib * 1024)]
+    run(argv, label="mkfs.vfat", env=env)
     for item in sorted(source.iterdir()):
-        run(["mcopy", "-i", str(target), "-s", "-p", "-m", "-Q", str(item), "::/"], label="mcopy", env=MTOOLS_ENV)
+        # -m keeps the (pinned) modification times.
+        run(["mcopy", "-i", str(target), "-s", "-p", "-m", "-Q", str(item), "::/"], label="mcopy", env=env)
 
 
 def list_fat(image: Path) -> list[str]:

@@ -39,3 +39,10 @@ def sha256_range(path: Path, offset: int, length: int) -> str:
             digest.update(chunk)
             remaining -= len(chunk)
     return digest.hexdigest()
+
+
+def set_mtimes(tree: Path, epoch: int) -> None:
+    """Pin every time in a staging tree the build wrote itself (copies, not links into the cache)."""
+    for path in [*tree.rglob("*"), tree]:
+        if not path.is_symlink():
+            os.utime(path, (epoch, epoch))

@@ -7,9 +7,17 @@ which is what Linux, GRUB and xorriso show.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pycdlib
+import pycdlib.dates
+import pycdlib.headervd
+import pycdlib.pycdlib
 
 ROCK_RIDGE = "1.09"
 
@@ -28,13 +36,49 @@ def _short_name(name: str, taken: set[str], is_dir: bool) -> str:
     raise ValueError(f"too many names like {name}")
 
 
-def make_iso(source: Path, target: Path, *, volume_id: str) -> None:
-    """Write `source`'s tree as a Rock Ridge ISO9660 image at `target`."""
-    iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=3, rock_ridge=ROCK_RIDGE, vol_ident=volume_id, sys_ident="LINUX", app_ident_str="AMBERPI")
-    _add_dir(iso, source, "/", "/")
-    iso.write(str(target))
-    iso.close()
+class _FixedClock:
+    """The `time` module as pycdlib sees it: now is the build's epoch, local time is UTC."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def time(self) -> float:
+        return float(self.epoch)
+
+    def localtime(self, seconds: float | None = None) -> time.struct_time:
+        return time.gmtime(self.epoch if seconds is None else seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+# pycdlib stamps every record with the clock and the local zone; these modules read them.
+_PYCDLIB_CLOCK_USERS: tuple[ModuleType, ...] = (pycdlib.pycdlib, pycdlib.headervd, pycdlib.dates)
+
+
+@contextmanager
+def _pycdlib_clock(epoch: int) -> Iterator[None]:
+    saved = [module.time for module in _PYCDLIB_CLOCK_USERS]  # type: ignore[attr-defined]
+    for module in _PYCDLIB_CLOCK_USERS:
+        module.time = _FixedClock(epoch)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module, original in zip(_PYCDLIB_CLOCK_USERS, saved, strict=True):
+            module.time = original  # type: ignore[attr-defined]
+
+
+def make_iso(source: Path, target: Path, *, volume_id: str, epoch: int) -> None:
+    """Write `source`'s tree as a Rock Ridge ISO9660 image at `target`, every date set to epoch.
+
+    Same tree, same epoch: the same bytes (reproducible builds).
+    """
+    with _pycdlib_clock(epoch):
+        iso = pycdlib.PyCdlib()
+        iso.new(interchange_level=3, rock_ridge=ROCK_RIDGE, vol_ident=volume_id, sys_ident="LINUX", app_ident_str="AMBERPI")
+        _add_dir(iso, source, "/", "/")
+        iso.write(str(target))
+        iso.close()
 
 
 def _add_dir(iso: pycdlib.PyCdlib, folder: Path, iso_dir: str, rr_dir: str) -> None:

@@ -117,18 +117,18 @@ def run(
     )
     _RUNNING.add(process)
     try:
-        if input is not None:
-            assert process.stdin
-            process.stdin.write(input)
-            process.stdin.close()
         assert process.stdout
         if capture:
-            out, err = process.communicate()
+            out, err = process.communicate(input)
             captured.append(out.decode(errors="replace"))
             for line in err.decode(errors="replace").splitlines():
                 tail.append(line)
                 LOG.tool_line(label, line)
         else:
+            if input is not None:
+                assert process.stdin
+                process.stdin.write(input)
+                process.stdin.close()
             for raw in process.stdout:
                 line = raw.decode(errors="replace").rstrip("\n")
                 tail.append(line)

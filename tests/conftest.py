@@ -13,6 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_PASSWORD = "amberpi-test"
+# A fixed build time for the file systems tests write themselves.
+EPOCH = 1_700_000_000
 # Fixed salt: the hash, and so the cache key of the customize stage, stays the same across runs.
 TEST_PASSWORD_HASH = "$6$amberpitest$h7L/HEj3cYnHrVU5FXukPFq1rREAGg3SVHk7HvCpDKB9UCoedF.jQ23eVBixNm.N/IgiYKcgnw1pd11CZUJ1B1"
 

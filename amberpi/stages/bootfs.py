@@ -81,7 +81,7 @@ def copy_raspi_firmware(ctx: BuildContext, firmware: Artefact, squash: Artefact,
 class BootfsStage(Stage):
     name = "bootfs"
     title = "Writing the boot partition (FAT32, GRUB{firmware})"
-    version = 1
+    version = 2
     needs = ("squash", "firmware")
 
     def tools(self, ctx: BuildContext) -> list[str]:
@@ -109,7 +109,8 @@ class BootfsStage(Stage):
         write_grubenv(tree / "grub" / "grubenv", [("amberpi_state", "good"), ("amberpi_version", squash.meta["kernel_version"])])
         if ctx.board.firmware == "raspi":
             copy_raspi_firmware(ctx, upstream["firmware"], squash, tree)
-        make_fat(tree, out / "p1.img", size_mib=ctx.config.boot_size_mib, label="AMBERPI", volume_id=ctx.image_id)
+        epoch = squash.meta["source_date_epoch"]
+        make_fat(tree, out / "p1.img", size_mib=ctx.config.boot_size_mib, label="AMBERPI", volume_id=ctx.image_id, epoch=epoch)
         # The device rewrites grubenv in place on the raw partition, as GRUB does.
         offset = find_grubenv(out / "p1.img", (tree / "grub" / "grubenv").read_bytes())
         return Artefact(out, {"grubenv_offset": offset})

@@ -88,6 +88,7 @@ class CustomizeStage(Stage):
         c = ctx.config
         return {
             "hostname": c.hostname,
+            "source_date_epoch": c.source_date_epoch,
             "root_password_hash": c.root_password_hash,
             "ssh_authorized_keys": c.ssh_authorized_keys,
             "hooks": digest_paths(hook_files(ctx)),
@@ -115,7 +116,7 @@ class CustomizeStage(Stage):
         self.collect_boot_files(tree, version, boot)
         manifest = self.clean_tree(tree)
         meta = {"kernel_version": version, "package_count": len(manifest), "packages": manifest}
-        meta["source_date_epoch"] = upstream["packages"].meta["installed_at"]
+        meta["source_date_epoch"] = ctx.config.source_date_epoch or upstream["packages"].meta["installed_at"]
         return Artefact(out, meta)
 
     def write_system_files(self, ctx: BuildContext, tree: Path) -> None:

@@ -60,7 +60,7 @@ def stage_kernel_tree(ctx: BuildContext, squash: Artefact, tree: Path) -> None:
 class IsoStage(Stage):
     name = "iso"
     title = "Writing the system and kernel partitions (ISO9660)"
-    version = 1
+    version = 2
     needs = ("squash", "bootfs")
 
     def key_inputs(self, ctx: BuildContext) -> dict[str, Any]:
@@ -71,8 +71,9 @@ class IsoStage(Stage):
         system_tree, kernel_tree = out / "system", out / "kernel"
         stage_system_tree(ctx, squash, upstream["bootfs"], system_tree)
         stage_kernel_tree(ctx, squash, kernel_tree)
-        make_iso(system_tree, out / "p2.iso", volume_id=ctx.system_label)
-        make_iso(kernel_tree, out / "p3.iso", volume_id=ctx.kernel_label)
+        epoch = squash.meta["source_date_epoch"]
+        make_iso(system_tree, out / "p2.iso", volume_id=ctx.system_label, epoch=epoch)
+        make_iso(kernel_tree, out / "p3.iso", volume_id=ctx.kernel_label, epoch=epoch)
         kernel_bytes = (out / "p3.iso").stat().st_size
         limit = ctx.config.kernel_size_mib << 20
         if kernel_bytes > limit:

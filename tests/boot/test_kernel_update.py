@@ -21,7 +21,7 @@ import pytest
 from amberpi.files import sha256_range
 from amberpi.stages.persistence import PERSISTENCE_ENTRIES, make_ext4, partition_uuid
 from amberpi.vm import VM
-from tests.conftest import TEST_PASSWORD, BuiltImage
+from tests.conftest import EPOCH, TEST_PASSWORD, BuiltImage
 from tests.imagetools import partition_range
 from tests.kernel_repo import GUEST_HOST, make_kernel_repo, serve
 
@@ -199,7 +199,7 @@ def test_5_persistence_reset_boots_factory_and_explains(device: Device, tmp_path
     tree.mkdir()
     (tree / "persistence.conf").write_text("\n".join(PERSISTENCE_ENTRIES) + "\n")
     fresh = tmp_path / "p4.img"
-    make_ext4(tree, fresh, size_mib=length >> 20, label=ext4_label(device), fs_uuid=partition_uuid("reset", "persistence"))
+    make_ext4(tree, fresh, size_mib=length >> 20, label=ext4_label(device), fs_uuid=partition_uuid("reset", "persistence"), epoch=EPOCH)
     device.overwrite_partition(4, fresh.read_bytes())
     device.boot()
     assert device.kernel() == (device.factory, "factory")

@@ -21,7 +21,7 @@ from amberpi.fatfs import make_fat, read_fat_file
 from amberpi.isofs import list_iso, read_iso_file, volume_id
 from amberpi.render import write_rendered
 from amberpi.stages.bootfs import find_grubenv, write_grubenv
-from tests.conftest import REPO
+from tests.conftest import EPOCH, REPO
 
 SCRIPT = REPO / "amberpi/device/rootfs/usr/sbin/amberpi-kernel"
 SHELLS = [["dash"], ["busybox", "sh"]]
@@ -78,7 +78,7 @@ def device(request: pytest.FixtureRequest, tmp_path: Path) -> Device:
     boot_tree = tmp_path / "boot-tree"
     write_grubenv(boot_tree / "grub" / "grubenv", [("amberpi_state", "good"), ("amberpi_version", FACTORY)])
     (boot_tree / "EFI").mkdir()
-    make_fat(boot_tree, parts / "p1", size_mib=64, label="AMBERPI", volume_id="1a2b3c4d")
+    make_fat(boot_tree, parts / "p1", size_mib=64, label="AMBERPI", volume_id="1a2b3c4d", epoch=EPOCH)
     offset = find_grubenv(parts / "p1", (boot_tree / "grub" / "grubenv").read_bytes())
     with (parts / "p3").open("wb") as handle:
         handle.truncate(8 << 20)

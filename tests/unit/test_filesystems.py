@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from amberpi.fatfs import list_fat, make_fat, read_fat_file
 from amberpi.isofs import list_iso, make_iso, read_iso_file, volume_id
 from amberpi.stages.persistence import make_ext4, partition_uuid
+from tests.conftest import EPOCH
 
 
 def make_tree(root: Path) -> Path:
@@ -26,7 +28,7 @@ def make_tree(root: Path) -> Path:
 def test_iso_round_trip_keeps_rock_ridge_names(tmp_path: Path) -> None:
     tree = make_tree(tmp_path / "tree")
     iso = tmp_path / "p.iso"
-    make_iso(tree, iso, volume_id="AMBERPI_SYS_1A2B3C4D")
+    make_iso(tree, iso, volume_id="AMBERPI_SYS_1A2B3C4D", epoch=EPOCH)
     files = list_iso(iso)
     assert files["/live/filesystem.squashfs"] == 5000
     assert {"/dtbs/broadcom/bcm2837-rpi-3-b.dtb", "/dtbs/broadcom/bcm2837-rpi-3-b-plus.dtb"} <= set(files)
@@ -38,7 +40,7 @@ def test_iso_round_trip_keeps_rock_ridge_names(tmp_path: Path) -> None:
 def test_iso_readable_by_xorriso(tmp_path: Path) -> None:
     tree = make_tree(tmp_path / "tree")
     iso = tmp_path / "p.iso"
-    make_iso(tree, iso, volume_id="AMBERPI_KRN_1A2B3C4D")
+    make_iso(tree, iso, volume_id="AMBERPI_KRN_1A2B3C4D", epoch=EPOCH)
     out = subprocess.run(["xorriso", "-indev", str(iso), "-find", "/", "-type", "f"], capture_output=True, text=True, check=True)
     assert "'/live/filesystem.squashfs'" in out.stdout
 
@@ -49,7 +51,7 @@ def test_fat_round_trip(tmp_path: Path) -> None:
     (tree / "EFI" / "BOOT" / "BOOTAA64.EFI").write_bytes(b"grub")
     (tree / "config.txt").write_text("arm_64bit=1\n")
     image = tmp_path / "p1.img"
-    make_fat(tree, image, size_mib=64, label="AMBERPI", volume_id="1a2b3c4d")
+    make_fat(tree, image, size_mib=64, label="AMBERPI", volume_id="1a2b3c4d", epoch=EPOCH)
     names = list_fat(image)
     assert "/EFI/BOOT/BOOTAA64.EFI" in names and "/config.txt" in names
     assert read_fat_file(image, "/config.txt") == b"arm_64bit=1\n"
@@ -62,9 +64,27 @@ def test_ext4_round_trip(tmp_path: Path) -> None:
     (tree / "persistence.conf").write_text("/ union\n")
     image = tmp_path / "p4.img"
     fs_uuid = partition_uuid("1a2b3c4d", "persistence")
-    make_ext4(tree, image, size_mib=64, label="amberpi-1a2b3c4d", fs_uuid=fs_uuid)
+    make_ext4(tree, image, size_mib=64, label="amberpi-1a2b3c4d", fs_uuid=fs_uuid, epoch=EPOCH)
     cat = subprocess.run(["debugfs", "-R", "cat /persistence.conf", str(image)], capture_output=True, text=True, check=True)
     assert cat.stdout == "/ union\n"
     stats = subprocess.run(["debugfs", "-R", "stats", str(image)], capture_output=True, text=True, check=True).stdout
     assert "Filesystem volume name:   amberpi-1a2b3c4d" in stats
     assert f"Filesystem UUID:          {fs_uuid}" in stats
+
+
+def test_same_tree_and_epoch_give_the_same_bytes(tmp_path: Path) -> None:
+    """Reproducible builds: no writer stamps the clock, the local zone or a random value."""
+    images: dict[str, list[bytes]] = {"iso": [], "fat": [], "ext4": []}
+    for run in ("a", "b"):
+        tree = make_tree(tmp_path / run / "tree")
+        make_iso(tree, tmp_path / run / "p.iso", volume_id="AMBERPI_SYS_1A2B3C4D", epoch=EPOCH)
+        make_fat(tree, tmp_path / run / "p.fat", size_mib=64, label="AMBERPI", volume_id="1a2b3c4d", epoch=EPOCH)
+        make_ext4(tree, tmp_path / run / "p.ext4", size_mib=64, label="amberpi-1a2b3c4d", fs_uuid=partition_uuid("x", "y"), epoch=EPOCH)
+        for kind, suffix in (("iso", "iso"), ("fat", "fat"), ("ext4", "ext4")):
+            images[kind].append((tmp_path / run / f"p.{suffix}").read_bytes())
+        time.sleep(1.1)  # the clock moves on between the two runs
+    for kind, (first, second) in images.items():
+        assert first == second, f"two {kind} images of the same tree differ"
+    other = tmp_path / "other.iso"
+    make_iso(make_tree(tmp_path / "c" / "tree"), other, volume_id="AMBERPI_SYS_1A2B3C4D", epoch=EPOCH + 1)
+    assert other.read_bytes() != images["iso"][0], "the epoch is what the dates come from"

@@ -23,6 +23,7 @@ from amberpi.render import write_rendered
 from amberpi.stages.bootfs import GRUBENV_BYTES, KERNEL_TRIES, write_grubenv
 from amberpi.stages.disk import write_disk
 from amberpi.stages.persistence import make_ext4
+from tests.conftest import EPOCH
 
 IMAGE_ID = "1a2b3c4d"
 KERNEL_LABEL = "AMBERPI_KRN_1A2B3C4D"
@@ -66,12 +67,12 @@ def build_disk(folder: Path, case: Scenario) -> Path:
     if case.tries is not None:
         variables.append(("amberpi_tries", case.tries))
     write_grubenv(p1 / "grub" / "grubenv", variables)
-    make_fat(p1, folder / "p1.img", size_mib=40, label="AMBERPI", volume_id=IMAGE_ID)
+    make_fat(p1, folder / "p1.img", size_mib=40, label="AMBERPI", volume_id=IMAGE_ID, epoch=EPOCH)
 
     p2 = folder / "p2"
     (p2 / "live").mkdir(parents=True)
     (p2 / "live" / "vmlinuz").write_bytes(b"factory kernel")
-    make_iso(p2, folder / "p2.iso", volume_id="AMBERPI_SYS_1A2B3C4D")
+    make_iso(p2, folder / "p2.iso", volume_id="AMBERPI_SYS_1A2B3C4D", epoch=EPOCH)
 
     p3 = folder / "p3"
     p3.mkdir()
@@ -82,14 +83,14 @@ def build_disk(folder: Path, case: Scenario) -> Path:
     write_rendered(p3 / "SHA256SUMS", "SHA256SUMS.j2", sums=sums)
     if case.corrupt_kernel:
         (p3 / "vmlinuz").write_bytes(b"kernel, cut short")
-    make_iso(p3, folder / "p3.iso", volume_id=case.kernel_label)
+    make_iso(p3, folder / "p3.iso", volume_id=case.kernel_label, epoch=EPOCH)
 
     p4 = folder / "p4"
     p4.mkdir()
     (p4 / "persistence.conf").write_text("/ union\n")
     if case.modules:
         (p4 / case.modules).mkdir(parents=True)
-    make_ext4(p4, folder / "p4.img", size_mib=8, label=f"amberpi-{IMAGE_ID}", fs_uuid="0e7b4a7e-1d2c-4f0e-9a53-2b1f0c6d8e11")
+    make_ext4(p4, folder / "p4.img", size_mib=8, label=f"amberpi-{IMAGE_ID}", fs_uuid="0e7b4a7e-1d2c-4f0e-9a53-2b1f0c6d8e11", epoch=EPOCH)
 
     files = {"boot": folder / "p1.img", "system": folder / "p2.iso", "kernel": folder / "p3.iso", "persistence": folder / "p4.img"}
     partitions = plan_layout({role: path.stat().st_size for role, path in files.items()})
