@@ -101,7 +101,7 @@ def bootstrap_builder_base(config) -> int:  # type: ignore[no-untyped-def]
 def clean(config, force: bool) -> int:  # type: ignore[no-untyped-def]
     output = Path(config.output)
     removed = 0
-    for pattern in (f"{config.name}.*", f".{config.name}.img.partial"):
+    for pattern in (f"{config.name}.*", f".{config.name}.img.partial*"):
         for path in output.glob(pattern):
             path.unlink()
             removed += 1

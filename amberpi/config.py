@@ -27,6 +27,7 @@ BOARDS_DIR = CONFIG_DIR / "boards"
 
 SUITES = ("bookworm", "trixie", "forky", "sid")
 COMPRESSIONS = ("zstd", "xz", "lz4", "gzip")
+IMAGE_COMPRESSIONS = ("none", "xz")
 FIRMWARES = ("none", "raspi")
 IMAGE_ID_RE = re.compile(r"^[0-9a-f]{8}$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
@@ -63,6 +64,7 @@ class Config:
     boot_size_mib: int = setting(128, "size of p1, the FAT boot partition (MiB)")
     kernel_size_mib: int = setting(256, "size of p3, the kernel partition (MiB)")
     persistence_size_mib: int = setting(1024, "size of p4, the persistence partition in the image (MiB)")
+    compress: str = setting("none", "also write the image compressed, for downloads (<name>.img.xz)", choices=IMAGE_COMPRESSIONS, cli=True)
     cache_dir: str = setting("/var/cache/amberpi", "build cache folder", cli=True)
     source_date_epoch: int = setting(
         0, "the build's timestamp for every file it writes (0: when the packages were installed; SOURCE_DATE_EPOCH sets it too)"

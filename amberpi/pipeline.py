@@ -22,6 +22,7 @@ from amberpi.files import sha256_file
 from amberpi.log import LOG, format_duration
 from amberpi.mounts import remove_tree
 from amberpi.render import write_rendered
+from amberpi.run import run
 from amberpi.stages import STAGES
 from amberpi.stages.base import Artefact, Stage
 
@@ -210,20 +211,36 @@ class Pipeline:
         disk = self.artefacts["disk"]
         squash = self.artefacts["squash"]
         partial = image.with_name(f".{image.name}.partial")
+        compressed_partial = partial.with_name(partial.name + ".xz")
+        compressed = image.with_name(image.name + ".xz")
         try:
             shutil.move(str(disk.path / "disk.img"), partial)
             digest = sha256_file(partial)
             write_rendered(image.with_name(image.name + ".sha256"), "sha256sum.j2", digest=digest, name=image.name)
             report = self.report(ctx, image, digest)
+            if self.config.compress == "xz":
+                LOG.note(f"compressing the image: {compressed.name}")
+                # xz keeps the sparse partial and writes its .xz beside it; all cores.
+                run(["xz", "-6", "-T0", "-k", "-f", str(partial)], label="xz")
+                xz_digest = sha256_file(compressed_partial)
+                write_rendered(compressed.with_name(compressed.name + ".sha256"), "sha256sum.j2", digest=xz_digest, name=compressed.name)
+                report["compressed"] = {"file": compressed.name, "bytes": compressed_partial.stat().st_size, "sha256": xz_digest}
             report_path = self.output_dir / f"{self.config.name}.report.json"
             report_path.write_text(json.dumps(report, indent=2) + "\n")
             log_target = self.output_dir / f"{self.config.name}.build.log"
             if LOG.log_path:
                 shutil.copy2(LOG.log_path, log_target)
+            if compressed_partial.exists():
+                os.replace(compressed_partial, compressed)
+            else:
+                # An older build's download would no longer match this image.
+                for stale in (compressed, compressed.with_name(compressed.name + ".sha256")):
+                    stale.unlink(missing_ok=True)
             os.replace(partial, image)
         finally:
-            if partial.exists():
-                partial.unlink()
+            for leftover in (partial, compressed_partial):
+                if leftover.exists():
+                    leftover.unlink()
         sizes = f"{disk.meta['image_bytes'] >> 20} MiB, squashfs {squash.meta['squashfs_bytes'] >> 20} MiB"
         LOG.note(f"Image: {image} ({sizes}, kernel {squash.meta['kernel_version']})")
         LOG.note(

@@ -122,10 +122,23 @@ def test_same_inputs_give_the_same_image(qemu_image: BuiltImage, tmp_path: Path)
     """
     config = write_test_config(tmp_path, image_id="0badcafe")
     digests = []
-    for run in ("first", "second"):
-        amberpi("--config", str(config), "--output", str(tmp_path / run), check=True)
+    for run, compress in (("first", "none"), ("second", "xz")):
+        amberpi("--config", str(config), "--output", str(tmp_path / run), "--compress", compress, check=True)
         report = json.loads((tmp_path / run / "amberpi-qemu.report.json").read_text())
         assert {s["name"]: s["status"] for s in report["stages"]}["disk"] == "built"
         assert report["source_date_epoch"] == qemu_image.report["source_date_epoch"]
         digests.append(report["sha256"])
     assert digests[0] == digests[1]
+    # The download form: the .img.xz unpacks to the very image, and its checksum file matches.
+    compressed = tmp_path / "second" / "amberpi-qemu.img.xz"
+    unpacker = subprocess.Popen(["xz", "-dc", str(compressed)], stdout=subprocess.PIPE)
+    assert unpacker.stdout
+    unpacked = hashlib.sha256()
+    while chunk := unpacker.stdout.read(1 << 20):
+        unpacked.update(chunk)
+    assert unpacker.wait() == 0
+    assert unpacked.hexdigest() == digests[1]
+    assert report["compressed"]["bytes"] == compressed.stat().st_size
+    expected = f"{report['compressed']['sha256']}  amberpi-qemu.img.xz\n"
+    assert (tmp_path / "second" / "amberpi-qemu.img.xz.sha256").read_text() == expected
+    assert hashlib.sha256(compressed.read_bytes()).hexdigest() == report["compressed"]["sha256"]
