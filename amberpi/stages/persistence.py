@@ -49,7 +49,7 @@ class PersistenceStage(Stage):
     needs = ("squash",)
 
     def tools(self, ctx: BuildContext) -> list[str]:
-        return ["mkfs.ext4"]
+        return ["mkfs.ext4", "debugfs"]
 
     def key_inputs(self, ctx: BuildContext) -> dict[str, Any]:
         return {"image_id": ctx.image_id, "size": ctx.config.persistence_size_mib, "entries": list(PERSISTENCE_ENTRIES)}
