@@ -264,6 +264,7 @@ class Pipeline:
             "kernel_version": squash.meta["kernel_version"],
             "package_count": squash.meta["package_count"],
             "source_date_epoch": squash.meta["source_date_epoch"],
+            "initramfs": squash.meta.get("initramfs", "built"),
             "squashfs_bytes": squash.meta["squashfs_bytes"],
             "layout": self.artefacts["disk"].meta["layout"],
             "labels": {"system": ctx.system_label, "kernel": ctx.kernel_label, "persistence": ctx.persistence_label},

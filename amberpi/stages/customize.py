@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from amberpi.cache import copy_tree, digest_paths
+from amberpi.cache import copy_tree, digest_paths, stage_key
 from amberpi.context import BuildContext
 from amberpi.errors import StageError, ToolError
 from amberpi.log import LOG
@@ -30,6 +30,35 @@ GRUB_MODULES = (
     "search search_label search_fs_uuid loadenv hashsum gcry_sha256 sleep reboot halt "
     "efi_gop all_video gzio zstd xzio lsefi cat ls true minicmd"
 ).split()
+
+
+# What mkinitramfs builds the initrd from, beside the kernel's modules: the installed
+# packages (dpkg's status names each version) and the configuration they read. When
+# none of it changed (say, a hook that writes /etc/motd was edited), the cached
+# initrd is the one update-initramfs would make, minutes sooner under emulation.
+INITRAMFS_INPUTS = (
+    "var/lib/dpkg/status",
+    "etc/initramfs-tools",
+    "usr/share/initramfs-tools",
+    "etc/modprobe.d",
+    "usr/lib/modprobe.d",
+    "etc/udev",
+    "etc/live",
+    "etc/default",
+    "etc/crypttab",
+    "etc/fstab",
+)
+# update-initramfs -u only refreshes kernels it has a record of here.
+INITRAMFS_STATE = "var/lib/initramfs-tools"
+
+
+def initramfs_key(tree: Path, version: str) -> tuple[str, dict[str, Any]]:
+    inputs = {
+        "kernel": version,
+        "files": digest_paths([resolve_inside(tree, path) for path in INITRAMFS_INPUTS]),
+        "modules": digest_paths([resolve_inside(tree, f"usr/lib/modules/{version}")]),
+    }
+    return stage_key("initramfs", 1, inputs, {})
 
 
 def hook_files(ctx: BuildContext) -> list[Path]:
@@ -111,11 +140,11 @@ class CustomizeStage(Stage):
             self.set_up_root(ctx, session, tree)
             self.run_hooks(ctx, session, tree)
             version = kernel_version(tree)
-            self.make_initramfs(session, tree, version)
+            initramfs = self.make_initramfs(ctx, session, tree, version)
             self.make_grub_image(session, tree, boot)
         self.collect_boot_files(tree, version, boot)
         manifest = self.clean_tree(tree)
-        meta = {"kernel_version": version, "package_count": len(manifest), "packages": manifest}
+        meta = {"kernel_version": version, "package_count": len(manifest), "packages": manifest, "initramfs": initramfs}
         meta["source_date_epoch"] = ctx.config.source_date_epoch or upstream["packages"].meta["installed_at"]
         return Artefact(out, meta)
 
@@ -155,12 +184,27 @@ class CustomizeStage(Stage):
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
-    def make_initramfs(self, session: ChrootSession, tree: Path, version: str) -> None:
+    def make_initramfs(self, ctx: BuildContext, session: ChrootSession, tree: Path, version: str) -> str:
+        """The initrd of `version`: made by update-initramfs, or reused when its inputs are unchanged."""
         stub = resolve_inside(tree, UPDATE_INITRAMFS)
         if stub.exists():
             stub.unlink()
         session.run(["dpkg-divert", "--local", "--rename", "--remove", UPDATE_INITRAMFS])
+        initrd = resolve_inside(tree, f"boot/initrd.img-{version}")
+        state = resolve_inside(tree, f"{INITRAMFS_STATE}/{version}")
+        key, manifest = initramfs_key(tree, version)
+        cached = ctx.cache.lookup("initramfs", key)
+        if cached is not None:
+            LOG.detail(f"initramfs: its inputs are unchanged, reusing {cached}")
+            shutil.copy2(cached / "initrd.img", initrd)
+            state.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(cached / "state", state)
+            return "reused"
         session.run(["update-initramfs", "-c", "-k", version], label="initramfs")
+        with ctx.cache.staging("initramfs", key, manifest) as entry:
+            shutil.copy2(initrd, entry / "initrd.img")
+            shutil.copy2(state, entry / "state")
+        return "built"
 
     def make_grub_image(self, session: ChrootSession, tree: Path, boot: Path) -> None:
         staged = resolve_inside(tree, GRUB_OUT_IN_CHROOT)

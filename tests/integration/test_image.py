@@ -142,3 +142,24 @@ def test_same_inputs_give_the_same_image(qemu_image: BuiltImage, tmp_path: Path)
     expected = f"{report['compressed']['sha256']}  amberpi-qemu.img.xz\n"
     assert (tmp_path / "second" / "amberpi-qemu.img.xz.sha256").read_text() == expected
     assert hashlib.sha256(compressed.read_bytes()).hexdigest() == report["compressed"]["sha256"]
+
+
+def test_hook_edit_reuses_the_initramfs(qemu_image: BuiltImage, tmp_path: Path) -> None:
+    """A hook that does not touch what the initrd is made from: the cached initrd, byte for byte."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hook = hooks / "9000-motd.hook.chroot"
+    hook.write_text("#!/bin/sh\necho 'Welcome to a test build' > /etc/motd\n")
+    hook.chmod(0o755)
+    config = write_test_config(tmp_path, hooks_dirs=[str(hooks)])
+    out = tmp_path / "out"
+    amberpi("--config", str(config), "--output", str(out), check=True)
+    report = json.loads((out / "amberpi-qemu.report.json").read_text())
+    statuses = {s["name"]: s["status"] for s in report["stages"]}
+    assert (statuses["packages"], statuses["customize"], report["initramfs"]) == ("cached", "built", "reused")
+    assert read_iso_file(extract_partition(out / "amberpi-qemu.img", 3, tmp_path / "p3.iso"), "/initrd.img") == read_iso_file(
+        extract_partition(qemu_image.path, 3, tmp_path / "p3-first.iso"), "/initrd.img"
+    )
+    system = extract_partition(out / "amberpi-qemu.img", 2, tmp_path / "p2.iso")
+    (tmp_path / "fs.squashfs").write_bytes(read_iso_file(system, "/live/filesystem.squashfs"))
+    assert squashfs_cat(tmp_path / "fs.squashfs", "etc/motd") == b"Welcome to a test build\n"

@@ -60,3 +60,33 @@ def test_incremental_no_ignores_entries(tmp_path: Path) -> None:
     with Cache(tmp_path, Incremental.yes).staging("squash", key, manifest):
         pass
     assert Cache(tmp_path, Incremental.no).lookup("squash", key) is None
+
+
+def test_initramfs_key_follows_what_mkinitramfs_reads(tmp_path: Path) -> None:
+    from amberpi.stages.customize import initramfs_key
+
+    tree = tmp_path / "rootfs"
+    for folder in ("etc/initramfs-tools/conf.d", "usr/lib/modules/6.12.1-arm64/kernel", "var/lib/dpkg"):
+        (tree / folder).mkdir(parents=True)
+    (tree / "var/lib/dpkg/status").write_text("Package: busybox\nVersion: 1\n")
+    (tree / "usr/lib/modules/6.12.1-arm64/kernel/a.ko").write_bytes(b"module")
+    (tree / "etc/motd").write_text("hello\n")
+    first, _ = initramfs_key(tree, "6.12.1-arm64")
+
+    (tree / "etc/motd").write_text("a hook changed the motd\n")
+    assert initramfs_key(tree, "6.12.1-arm64")[0] == first, "files the initrd is not made from do not matter"
+    assert initramfs_key(tree, "6.12.2-arm64")[0] != first
+
+    changes = {
+        "etc/initramfs-tools/conf.d/compress": "COMPRESS=xz\n",
+        "var/lib/dpkg/status": "Package: busybox\nVersion: 2\n",
+        "usr/lib/modules/6.12.1-arm64/kernel/b.ko": "a module a hook built",
+        "etc/modprobe.d/blacklist.conf": "blacklist a\n",
+    }
+    seen = {first}
+    for path, text in changes.items():
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_text(text)
+        key = initramfs_key(tree, "6.12.1-arm64")[0]
+        assert key not in seen, f"a change to {path} makes a new initrd"
+        seen.add(key)
