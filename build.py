@@ -71,7 +71,10 @@ def main() -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - build.py must explain itself on an older Python
         sys.exit(f"build.py: Python 3.11 or newer is needed, this is {sys.version.split()[0]}")
     python = ensure_venv([REQUIREMENTS])
-    os.execv(str(python), [str(python), "-m", "amberpi", *sys.argv[1:]])
+    # Run from any folder: the package comes from this checkout (-P: never from the
+    # current folder), while relative paths on the command line stay the user's.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))}
+    os.execve(str(python), [str(python), "-P", "-m", "amberpi", *sys.argv[1:]], env)
 
 
 if __name__ == "__main__":
