@@ -87,3 +87,11 @@ def test_output_folder_not_writable() -> None:
     assert result.returncode == 2
     assert "cannot create the output folder /proc/amberpi-out" in result.stderr
     assert "--output" in result.stderr
+
+
+def test_front_door_runs_from_any_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`python3 /path/to/build.py` from another folder: the checkout's package, the user's paths."""
+    (tmp_path / "amberpi").mkdir()  # a folder of that name here must not shadow the package
+    result = subprocess.run(["python3", str(REPO / "build.py"), "--list-boards"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "qemu" in result.stdout
