@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Build-speed benchmark: cold, warm-after-hook-edit and no-op builds, and Debian's live-build.
+
+Run as root on the build machine (nothing else heavy beside it, or the figures lie):
+
+    python3 bench/bench.py                     # everything, live-build included
+    python3 bench/bench.py --skip-live-build   # AmberPi's three builds only
+
+Each AmberPi build runs `build.py` with a cache folder of the benchmark's own, so the
+user's cache is neither used nor disturbed; the cold build starts from an empty one
+(.deb downloads included). live-build builds the same package set for arm64 (chroot,
+squashfs, kernel and initrd: `lb build` with a tar binary image) from the same mirror.
+The table is printed at the end and written to WORK/bench.json. Nothing is asserted:
+targets are read off the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_HOOK = "9990-bench.hook.chroot"
+LIVE_BUILD_PACKAGES = ("live-build", "qemu-user-static", "binfmt-support", "debootstrap", "squashfs-tools")
+XZ_CHUNK = 1 << 20
+
+
+@dataclass
+class Row:
+    name: str
+    seconds: float | None = None
+    cached: str = ""
+    image_mib: float | None = None
+    squashfs_mib: float | None = None
+    note: str = ""
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def write_config(work: Path, base: Path | None, hook_text: str) -> Path:
+    """The user's config (if any) plus one extra hooks folder holding the benchmark's hook."""
+    hooks = work / "hooks"
+    hooks.mkdir(parents=True, exist_ok=True)
+    hook = hooks / BENCH_HOOK
+    hook.write_text(hook_text)
+    hook.chmod(0o755)
+    lines = base.read_text().splitlines() if base else []
+    if any(line.startswith("hooks_dirs:") for line in lines):
+        sys.exit("bench: the base config sets hooks_dirs; give one without it")
+    lines.append(f"hooks_dirs: [{json.dumps(str(hooks))}]")
+    config = work / "bench.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def amberpi_build(slug: str, name: str, work: Path, config: Path, args: argparse.Namespace) -> Row:
+    output = work / f"out-{slug}"
+    argv = [sys.executable, str(REPO / "build.py"), "--board", args.board, "--config", str(config)]
+    argv += ["--output", str(output), "--cache-dir", str(work / "cache"), "--backend", "native"]
+    if args.mirror:
+        argv += ["--mirror", args.mirror]
+    say(f"{name}: {' '.join(argv[1:])}")
+    started = time.monotonic()
+    result = subprocess.run(argv, cwd=REPO)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        return Row(name, seconds, note=f"failed (exit {result.returncode}), log in {output}")
+    report = json.loads(next(output.glob("*.report.json")).read_text())
+    stages = report["stages"]
+    hits = sum(1 for stage in stages if stage["status"] == "cached")
+    return Row(
+        name,
+        seconds,
+        cached=f"{hits}/{len(stages)}",
+        image_mib=report["image_bytes"] / 2**20,
+        squashfs_mib=report["squashfs_bytes"] / 2**20,
+        stages={stage["name"]: stage["seconds"] for stage in stages},
+    )
+
+
+def xz_size(image: Path) -> tuple[float, float]:
+    """Bytes of the image as .img.xz (xz -6, multithreaded), and the seconds it took."""
+    started = time.monotonic()
+    target = image.with_name(image.name + ".xz")
+    with image.open("rb") as source, target.open("wb") as sink:
+        compressor = subprocess.Popen(["xz", "-6", "-T0", "-c"], stdin=subprocess.PIPE, stdout=sink)
+        assert compressor.stdin
+        while chunk := source.read(XZ_CHUNK):
+            compressor.stdin.write(chunk)
+        compressor.stdin.close()
+        if compressor.wait() != 0:
+            raise SystemExit("bench: xz failed")
+    size = target.stat().st_size
+    target.unlink()
+    return size / 2**20, time.monotonic() - started
+
+
+def package_set() -> list[str]:
+    names = []
+    for listing in sorted((REPO / "package-lists").glob("*.list.chroot")):
+        for line in listing.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                names.append(line)
+    return names
+
+
+def host_mirror(args: argparse.Namespace) -> str:
+    """The mirror AmberPi itself would choose, so both tools fetch from the same place."""
+    if args.mirror:
+        return str(args.mirror)
+    python = REPO / ".venv" / "bin" / "python"
+    out = subprocess.run([str(python), "-m", "amberpi", "summary", "--json"], cwd=REPO, capture_output=True, text=True, check=True)
+    return str(json.loads(out.stdout)["mirror"])
+
+
+def live_build(work: Path, args: argparse.Namespace) -> Row:
+    missing = [p for p in LIVE_BUILD_PACKAGES if subprocess.run(["dpkg-query", "-W", p], capture_output=True).returncode != 0]
+    if missing:
+        say(f"installing {' '.join(missing)} for the comparison")
+        subprocess.run(["apt-get", "-q", "-y", "install", "--no-install-recommends", *missing], check=True)
+    folder = work / "live-build"
+    if folder.exists():
+        subprocess.run(["lb", "clean", "--purge"], cwd=folder, capture_output=True)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    mirror = host_mirror(args)
+    lb_config = [
+        "lb", "config", "--architectures", "arm64", "--distribution", args.suite,
+        "--bootstrap-qemu-arch", "arm64", "--bootstrap-qemu-static", shutil.which("qemu-aarch64-static") or "/usr/bin/qemu-aarch64-static",
+        "--mirror-bootstrap", mirror, "--mirror-chroot", mirror, "--mirror-binary", mirror,
+        "--archive-areas", "main", "--apt-recommends", "false", "--linux-flavours", "arm64",
+        "--binary-images", "tar", "--bootloaders", "", "--chroot-squashfs-compression-type", "zstd",
+        "--security", "false", "--updates", "false", "--apt-indices", "false", "--memtest", "none",
+        "--firmware-binary", "false", "--firmware-chroot", "false", "--debian-installer", "none",
+    ]  # fmt: skip
+    subprocess.run(lb_config, cwd=folder, check=True, stdout=subprocess.DEVNULL)
+    (folder / "config" / "package-lists" / "amberpi.list.chroot").write_text("\n".join(package_set()) + "\n")
+    log = work / "live-build.log"
+    say(f"live-build: lb build in {folder} (log {log})")
+    started = time.monotonic()
+    with log.open("wb") as handle:
+        result = subprocess.run(["lb", "build"], cwd=folder, stdout=handle, stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - started
+    squashfs = next(folder.rglob("filesystem.squashfs"), None)
+    row = Row("live-build (same packages)", seconds, squashfs_mib=squashfs.stat().st_size / 2**20 if squashfs else None)
+    if result.returncode != 0 or squashfs is None:
+        row.note = f"failed (exit {result.returncode}); see {log}"
+    subprocess.run(["lb", "clean", "--purge"], cwd=folder, capture_output=True)
+    return row
+
+
+def print_table(rows: list[Row], reference: float | None, xz: tuple[float, float] | None) -> None:
+    header = f"{'build':<28} {'seconds':>8} {'vs live-build':>13} {'cache hits':>10} {'image MiB':>9} {'squashfs MiB':>12}  note"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        ratio = f"{row.seconds / reference:.2f}x" if reference and row.seconds else "-"
+        image = f"{row.image_mib:.0f}" if row.image_mib else "-"
+        squash = f"{row.squashfs_mib:.0f}" if row.squashfs_mib else "-"
+        seconds = f"{row.seconds:.0f}" if row.seconds is not None else "-"
+        print(f"{row.name:<28} {seconds:>8} {ratio:>13} {row.cached or '-':>10} {image:>9} {squash:>12}  {row.note}")
+    if xz:
+        print(f"\ncold image as .img.xz (xz -6 -T0): {xz[0]:.0f} MiB, compressed in {xz[1]:.0f}s")
+    for row in rows:
+        if row.stages:
+            print(f"{row.name} stages: " + ", ".join(f"{name} {secs:.0f}s" for name, secs in row.stages.items()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--board", default="qemu")
+    parser.add_argument("--suite", default="trixie", help="for live-build; AmberPi takes it from the config")
+    parser.add_argument("--config", type=Path, help="base AmberPi config (default: none, the project defaults)")
+    parser.add_argument("--mirror", help="Debian mirror for both tools (default: the host's)")
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/amberpi-bench"), help="scratch folder (default %(default)s)")
+    parser.add_argument("--skip-live-build", action="store_true", help="leave out the live-build comparison")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (native builds and live-build both need it)")
+    work: Path = args.work.resolve()
+    shutil.rmtree(work / "cache", ignore_errors=True)
+    for old in work.glob("out-*"):
+        shutil.rmtree(old)
+    work.mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    config = write_config(work, args.config, "#!/bin/sh\necho 'bench hook, first version'\n")
+    rows.append(amberpi_build("cold", "cold (empty cache)", work, config, args))
+    cold_image = next((work / "out-cold").glob("*.img"), None)
+    write_config(work, args.config, "#!/bin/sh\necho 'bench hook, edited'\n")
+    rows.append(amberpi_build("hook-edit", "after editing one hook", work, config, args))
+    rows.append(amberpi_build("no-op", "no-op (nothing changed)", work, config, args))
+    xz = xz_size(cold_image) if cold_image else None
+    reference = None
+    if not args.skip_live_build:
+        lb_row = live_build(work, args)
+        rows.append(lb_row)
+        reference = lb_row.seconds if not lb_row.note else None
+    print_table(rows, reference, xz)
+    (work / "bench.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "xz_mib": xz[0] if xz else None}, indent=2))
+    return 0 if all(not row.note for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
