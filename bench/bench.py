@@ -63,10 +63,11 @@ def write_config(work: Path, base: Path | None, hook_text: str) -> Path:
     return config
 
 
-def amberpi_build(slug: str, name: str, work: Path, config: Path, args: argparse.Namespace) -> Row:
+def amberpi_build(slug: str, name: str, work: Path, config: Path, args: argparse.Namespace, backend: str = "native") -> Row:
     output = work / f"out-{slug}"
+    cache = work / ("cache" if backend == "native" else f"cache-{backend}")
     argv = [sys.executable, str(REPO / "build.py"), "--board", args.board, "--config", str(config)]
-    argv += ["--output", str(output), "--cache-dir", str(work / "cache"), "--backend", "native"]
+    argv += ["--output", str(output), "--cache-dir", str(cache), "--backend", backend]
     if args.mirror:
         argv += ["--mirror", args.mirror]
     say(f"{name}: {' '.join(argv[1:])}")
@@ -185,11 +186,13 @@ def main() -> int:
     parser.add_argument("--mirror", help="Debian mirror for both tools (default: the host's)")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/amberpi-bench"), help="scratch folder (default %(default)s)")
     parser.add_argument("--skip-live-build", action="store_true", help="leave out the live-build comparison")
+    parser.add_argument("--docker", action="store_true", help="also a cold build through the docker backend (builder image already made)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root (native builds and live-build both need it)")
     work: Path = args.work.resolve()
-    shutil.rmtree(work / "cache", ignore_errors=True)
+    for cache in ("cache", "cache-docker"):
+        shutil.rmtree(work / cache, ignore_errors=True)
     for old in work.glob("out-*"):
         shutil.rmtree(old)
     work.mkdir(parents=True, exist_ok=True)
@@ -202,6 +205,8 @@ def main() -> int:
     rows.append(amberpi_build("hook-edit", "after editing one hook", work, config, args))
     rows.append(amberpi_build("no-op", "no-op (nothing changed)", work, config, args))
     xz = xz_size(cold_image) if cold_image else None
+    if args.docker:
+        rows.append(amberpi_build("docker-cold", "docker backend, cold", work, config, args, backend="docker"))
     reference = None
     if not args.skip_live_build:
         lb_row = live_build(work, args)
