@@ -48,7 +48,7 @@ INITRAMFS_INPUTS = (
     "etc/crypttab",
     "etc/fstab",
 )
-# update-initramfs -u only refreshes kernels it has a record of here.
+# Older initramfs-tools refresh (-u) only kernels they have a record of here; trixie's keeps none.
 INITRAMFS_STATE = "var/lib/initramfs-tools"
 
 
@@ -197,13 +197,15 @@ class CustomizeStage(Stage):
         if cached is not None:
             LOG.detail(f"initramfs: its inputs are unchanged, reusing {cached}")
             shutil.copy2(cached / "initrd.img", initrd)
-            state.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(cached / "state", state)
+            if (cached / "state").exists():
+                state.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(cached / "state", state)
             return "reused"
         session.run(["update-initramfs", "-c", "-k", version], label="initramfs")
         with ctx.cache.staging("initramfs", key, manifest) as entry:
             shutil.copy2(initrd, entry / "initrd.img")
-            shutil.copy2(state, entry / "state")
+            if state.exists():
+                shutil.copy2(state, entry / "state")
         return "built"
 
     def make_grub_image(self, session: ChrootSession, tree: Path, boot: Path) -> None:

@@ -145,21 +145,22 @@ def test_same_inputs_give_the_same_image(qemu_image: BuiltImage, tmp_path: Path)
 
 
 def test_hook_edit_reuses_the_initramfs(qemu_image: BuiltImage, tmp_path: Path) -> None:
-    """A hook that does not touch what the initrd is made from: the cached initrd, byte for byte."""
+    """Editing a hook that does not touch what the initrd is made from: the cached initrd, byte for byte."""
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     hook = hooks / "9000-motd.hook.chroot"
-    hook.write_text("#!/bin/sh\necho 'Welcome to a test build' > /etc/motd\n")
-    hook.chmod(0o755)
     config = write_test_config(tmp_path, hooks_dirs=[str(hooks)])
-    out = tmp_path / "out"
-    amberpi("--config", str(config), "--output", str(out), check=True)
-    report = json.loads((out / "amberpi-qemu.report.json").read_text())
-    statuses = {s["name"]: s["status"] for s in report["stages"]}
-    assert (statuses["packages"], statuses["customize"], report["initramfs"]) == ("cached", "built", "reused")
-    assert read_iso_file(extract_partition(out / "amberpi-qemu.img", 3, tmp_path / "p3.iso"), "/initrd.img") == read_iso_file(
-        extract_partition(qemu_image.path, 3, tmp_path / "p3-first.iso"), "/initrd.img"
-    )
-    system = extract_partition(out / "amberpi-qemu.img", 2, tmp_path / "p2.iso")
+    initrds, reports = [], []
+    for edit in ("first", "second"):
+        hook.write_text(f"#!/bin/sh\necho 'Welcome to the {edit} test build' > /etc/motd\n")
+        hook.chmod(0o755)
+        out = tmp_path / edit
+        amberpi("--config", str(config), "--output", str(out), check=True)
+        reports.append(json.loads((out / "amberpi-qemu.report.json").read_text()))
+        initrds.append(read_iso_file(extract_partition(out / "amberpi-qemu.img", 3, tmp_path / f"{edit}-p3.iso"), "/initrd.img"))
+    statuses = {s["name"]: s["status"] for s in reports[1]["stages"]}
+    assert (statuses["packages"], statuses["customize"], reports[1]["initramfs"]) == ("cached", "built", "reused")
+    assert initrds[0] == initrds[1] == read_iso_file(extract_partition(qemu_image.path, 3, tmp_path / "p3.iso"), "/initrd.img")
+    system = extract_partition(tmp_path / "second" / "amberpi-qemu.img", 2, tmp_path / "p2.iso")
     (tmp_path / "fs.squashfs").write_bytes(read_iso_file(system, "/live/filesystem.squashfs"))
-    assert squashfs_cat(tmp_path / "fs.squashfs", "etc/motd") == b"Welcome to a test build\n"
+    assert squashfs_cat(tmp_path / "fs.squashfs", "etc/motd") == b"Welcome to the second test build\n"
