@@ -52,9 +52,10 @@ INITRAMFS_INPUTS = (
 INITRAMFS_STATE = "var/lib/initramfs-tools"
 
 
-def initramfs_key(tree: Path, version: str) -> tuple[str, dict[str, Any]]:
+def initramfs_key(tree: Path, version: str, epoch: int) -> tuple[str, dict[str, Any]]:
     inputs = {
         "kernel": version,
+        "epoch": epoch,
         "files": digest_paths([resolve_inside(tree, path) for path in INITRAMFS_INPUTS]),
         "modules": digest_paths([resolve_inside(tree, f"usr/lib/modules/{version}")]),
     }
@@ -136,16 +137,17 @@ class CustomizeStage(Stage):
         for folder in include_folders(ctx):
             if folder.is_dir():
                 copy_over(folder, tree)
+        epoch = ctx.config.source_date_epoch or upstream["packages"].meta["installed_at"]
         with ChrootSession(tree, apt_cache=ctx.apt_cache) as session:
             self.set_up_root(ctx, session, tree)
             self.run_hooks(ctx, session, tree)
             version = kernel_version(tree)
-            initramfs = self.make_initramfs(ctx, session, tree, version)
+            initramfs = self.make_initramfs(ctx, session, tree, version, epoch)
             self.make_grub_image(session, tree, boot)
         self.collect_boot_files(tree, version, boot)
         manifest = self.clean_tree(tree)
         meta = {"kernel_version": version, "package_count": len(manifest), "packages": manifest, "initramfs": initramfs}
-        meta["source_date_epoch"] = ctx.config.source_date_epoch or upstream["packages"].meta["installed_at"]
+        meta["source_date_epoch"] = epoch
         return Artefact(out, meta)
 
     def write_system_files(self, ctx: BuildContext, tree: Path) -> None:
@@ -184,7 +186,7 @@ class CustomizeStage(Stage):
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
-    def make_initramfs(self, ctx: BuildContext, session: ChrootSession, tree: Path, version: str) -> str:
+    def make_initramfs(self, ctx: BuildContext, session: ChrootSession, tree: Path, version: str, epoch: int) -> str:
         """The initrd of `version`: made by update-initramfs, or reused when its inputs are unchanged."""
         stub = resolve_inside(tree, UPDATE_INITRAMFS)
         if stub.exists():
@@ -192,7 +194,7 @@ class CustomizeStage(Stage):
         session.run(["dpkg-divert", "--local", "--rename", "--remove", UPDATE_INITRAMFS])
         initrd = resolve_inside(tree, f"boot/initrd.img-{version}")
         state = resolve_inside(tree, f"{INITRAMFS_STATE}/{version}")
-        key, manifest = initramfs_key(tree, version)
+        key, manifest = initramfs_key(tree, version, epoch)
         cached = ctx.cache.lookup("initramfs", key)
         if cached is not None:
             LOG.detail(f"initramfs: its inputs are unchanged, reusing {cached}")
@@ -201,7 +203,8 @@ class CustomizeStage(Stage):
                 state.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(cached / "state", state)
             return "reused"
-        session.run(["update-initramfs", "-c", "-k", version], label="initramfs")
+        # mkinitramfs clamps the archive's times to SOURCE_DATE_EPOCH: the same inputs, the same initrd.
+        session.run(["update-initramfs", "-c", "-k", version], label="initramfs", env={"SOURCE_DATE_EPOCH": str(epoch)})
         with ctx.cache.staging("initramfs", key, manifest) as entry:
             shutil.copy2(initrd, entry / "initrd.img")
             if state.exists():

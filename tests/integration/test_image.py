@@ -160,7 +160,7 @@ def test_hook_edit_reuses_the_initramfs(qemu_image: BuiltImage, tmp_path: Path) 
         initrds.append(read_iso_file(extract_partition(out / "amberpi-qemu.img", 3, tmp_path / f"{edit}-p3.iso"), "/initrd.img"))
     statuses = {s["name"]: s["status"] for s in reports[1]["stages"]}
     assert (statuses["packages"], statuses["customize"], reports[1]["initramfs"]) == ("cached", "built", "reused")
-    assert initrds[0] == initrds[1] == read_iso_file(extract_partition(qemu_image.path, 3, tmp_path / "p3.iso"), "/initrd.img")
+    assert initrds[0] == initrds[1]
     system = extract_partition(tmp_path / "second" / "amberpi-qemu.img", 2, tmp_path / "p2.iso")
     (tmp_path / "fs.squashfs").write_bytes(read_iso_file(system, "/live/filesystem.squashfs"))
     assert squashfs_cat(tmp_path / "fs.squashfs", "etc/motd") == b"Welcome to the second test build\n"

@@ -71,11 +71,12 @@ def test_initramfs_key_follows_what_mkinitramfs_reads(tmp_path: Path) -> None:
     (tree / "var/lib/dpkg/status").write_text("Package: busybox\nVersion: 1\n")
     (tree / "usr/lib/modules/6.12.1-arm64/kernel/a.ko").write_bytes(b"module")
     (tree / "etc/motd").write_text("hello\n")
-    first, _ = initramfs_key(tree, "6.12.1-arm64")
+    first, _ = initramfs_key(tree, "6.12.1-arm64", 1)
 
     (tree / "etc/motd").write_text("a hook changed the motd\n")
-    assert initramfs_key(tree, "6.12.1-arm64")[0] == first, "files the initrd is not made from do not matter"
-    assert initramfs_key(tree, "6.12.2-arm64")[0] != first
+    assert initramfs_key(tree, "6.12.1-arm64", 1)[0] == first, "files the initrd is not made from do not matter"
+    assert initramfs_key(tree, "6.12.2-arm64", 1)[0] != first
+    assert initramfs_key(tree, "6.12.1-arm64", 2)[0] != first, "the build's timestamp is in the archive"
 
     changes = {
         "etc/initramfs-tools/conf.d/compress": "COMPRESS=xz\n",
@@ -87,6 +88,6 @@ def test_initramfs_key_follows_what_mkinitramfs_reads(tmp_path: Path) -> None:
     for path, text in changes.items():
         (tree / path).parent.mkdir(parents=True, exist_ok=True)
         (tree / path).write_text(text)
-        key = initramfs_key(tree, "6.12.1-arm64")[0]
+        key = initramfs_key(tree, "6.12.1-arm64", 1)[0]
         assert key not in seen, f"a change to {path} makes a new initrd"
         seen.add(key)
