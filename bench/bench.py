@@ -186,34 +186,39 @@ def main() -> int:
     parser.add_argument("--mirror", help="Debian mirror for both tools (default: the host's)")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/amberpi-bench"), help="scratch folder (default %(default)s)")
     parser.add_argument("--skip-live-build", action="store_true", help="leave out the live-build comparison")
+    parser.add_argument("--live-build-only", action="store_true", help="only the live-build comparison")
     parser.add_argument("--docker", action="store_true", help="also a cold build through the docker backend (builder image already made)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root (native builds and live-build both need it)")
     work: Path = args.work.resolve()
-    for cache in ("cache", "cache-docker"):
-        shutil.rmtree(work / cache, ignore_errors=True)
-    for old in work.glob("out-*"):
-        shutil.rmtree(old)
+    if not args.live_build_only:
+        for cache in ("cache", "cache-docker"):
+            shutil.rmtree(work / cache, ignore_errors=True)
+        for old in work.glob("out-*"):
+            shutil.rmtree(old)
     work.mkdir(parents=True, exist_ok=True)
 
     rows = []
-    config = write_config(work, args.config, "#!/bin/sh\necho 'bench hook, first version'\n")
-    rows.append(amberpi_build("cold", "cold (empty cache)", work, config, args))
-    cold_image = next((work / "out-cold").glob("*.img"), None)
-    write_config(work, args.config, "#!/bin/sh\necho 'bench hook, edited'\n")
-    rows.append(amberpi_build("hook-edit", "after editing one hook", work, config, args))
-    rows.append(amberpi_build("no-op", "no-op (nothing changed)", work, config, args))
-    xz = xz_size(cold_image) if cold_image else None
-    if args.docker:
-        rows.append(amberpi_build("docker-cold", "docker backend, cold", work, config, args, backend="docker"))
+    xz = None
+    if not args.live_build_only:
+        config = write_config(work, args.config, "#!/bin/sh\necho 'bench hook, first version'\n")
+        rows.append(amberpi_build("cold", "cold (empty cache)", work, config, args))
+        cold_image = next((work / "out-cold").glob("*.img"), None)
+        write_config(work, args.config, "#!/bin/sh\necho 'bench hook, edited'\n")
+        rows.append(amberpi_build("hook-edit", "after editing one hook", work, config, args))
+        rows.append(amberpi_build("no-op", "no-op (nothing changed)", work, config, args))
+        xz = xz_size(cold_image) if cold_image else None
+        if args.docker:
+            rows.append(amberpi_build("docker-cold", "docker backend, cold", work, config, args, backend="docker"))
     reference = None
     if not args.skip_live_build:
         lb_row = live_build(work, args)
         rows.append(lb_row)
         reference = lb_row.seconds if not lb_row.note else None
     print_table(rows, reference, xz)
-    (work / "bench.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "xz_mib": xz[0] if xz else None}, indent=2))
+    result = {"rows": [asdict(r) for r in rows], "xz_mib": xz[0] if xz else None}
+    (work / ("live-build.json" if args.live_build_only else "bench.json")).write_text(json.dumps(result, indent=2))
     return 0 if all(not row.note for row in rows) else 1
 
 
