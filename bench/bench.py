@@ -78,7 +78,8 @@ def amberpi_build(slug: str, name: str, work: Path, config: Path, args: argparse
         return Row(name, seconds, note=f"failed (exit {result.returncode}), log in {output}")
     report = json.loads(next(output.glob("*.report.json")).read_text())
     stages = report["stages"]
-    hits = sum(1 for stage in stages if stage["status"] == "cached")
+    # "skipped": not needed at all, because a later stage came from the cache.
+    hits = sum(1 for stage in stages if stage["status"] in ("cached", "skipped"))
     return Row(
         name,
         seconds,
