@@ -213,6 +213,7 @@ class Pipeline:
         partial = image.with_name(f".{image.name}.partial")
         compressed_partial = partial.with_name(partial.name + ".xz")
         compressed = image.with_name(image.name + ".xz")
+        compressed_sums = compressed.with_name(compressed.name + ".sha256")
         try:
             shutil.move(str(disk.path / "disk.img"), partial)
             digest = sha256_file(partial)
@@ -223,7 +224,7 @@ class Pipeline:
                 # xz keeps the sparse partial and writes its .xz beside it; all cores.
                 run(["xz", "-6", "-T0", "-k", "-f", str(partial)], label="xz")
                 xz_digest = sha256_file(compressed_partial)
-                write_rendered(compressed.with_name(compressed.name + ".sha256"), "sha256sum.j2", digest=xz_digest, name=compressed.name)
+                write_rendered(compressed_sums, "sha256sum.j2", digest=xz_digest, name=compressed.name)
                 report["compressed"] = {"file": compressed.name, "bytes": compressed_partial.stat().st_size, "sha256": xz_digest}
             report_path = self.output_dir / f"{self.config.name}.report.json"
             report_path.write_text(json.dumps(report, indent=2) + "\n")
@@ -234,7 +235,7 @@ class Pipeline:
                 os.replace(compressed_partial, compressed)
             else:
                 # An older build's download would no longer match this image.
-                for stale in (compressed, compressed.with_name(compressed.name + ".sha256")):
+                for stale in (compressed, compressed_sums):
                     stale.unlink(missing_ok=True)
             os.replace(partial, image)
         finally:

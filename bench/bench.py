@@ -121,9 +121,8 @@ def host_mirror(args: argparse.Namespace) -> str:
     """The mirror AmberPi itself would choose, so both tools fetch from the same place."""
     if args.mirror:
         return str(args.mirror)
-    python = REPO / ".venv" / "bin" / "python"
-    out = subprocess.run([str(python), "-m", "amberpi", "summary", "--json"], cwd=REPO, capture_output=True, text=True, check=True)
-    return str(json.loads(out.stdout)["mirror"])
+    argv = [sys.executable, str(REPO / "build.py"), "summary", "--json"]
+    return str(json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)["mirror"])
 
 
 def live_build(work: Path, args: argparse.Namespace) -> Row:

@@ -21,9 +21,9 @@ def amberpi_mounts() -> list[str]:
 
 
 def hook_config(tmp_path: Path, body: str) -> Path:
-    """A test config with one extra chroot hook running `body`."""
+    """A test config with one extra chroot hook running `body` (called again: the hook edited)."""
     hooks = tmp_path / "hooks"
-    hooks.mkdir()
+    hooks.mkdir(exist_ok=True)
     hook = hooks / HOOK_NAME
     hook.write_text("#!/bin/sh\n" + body)
     hook.chmod(0o755)

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from amberpi.fatfs import list_fat, read_fat_file
+from amberpi.files import sha256_file
 from amberpi.isofs import list_iso, read_iso_file, volume_id
+from tests.buildtools import hook_config
 from tests.conftest import TEST_PASSWORD_HASH, BuiltImage, amberpi, write_test_config
 from tests.imagetools import extract_partition, partition_table, squashfs_cat, squashfs_list
 
@@ -141,19 +143,14 @@ def test_same_inputs_give_the_same_image(qemu_image: BuiltImage, tmp_path: Path)
     assert report["compressed"]["bytes"] == compressed.stat().st_size
     expected = f"{report['compressed']['sha256']}  amberpi-qemu.img.xz\n"
     assert (tmp_path / "second" / "amberpi-qemu.img.xz.sha256").read_text() == expected
-    assert hashlib.sha256(compressed.read_bytes()).hexdigest() == report["compressed"]["sha256"]
+    assert sha256_file(compressed) == report["compressed"]["sha256"]
 
 
 def test_hook_edit_reuses_the_initramfs(qemu_image: BuiltImage, tmp_path: Path) -> None:
     """Editing a hook that does not touch what the initrd is made from: the cached initrd, byte for byte."""
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    hook = hooks / "9000-motd.hook.chroot"
-    config = write_test_config(tmp_path, hooks_dirs=[str(hooks)])
     initrds, reports = [], []
     for edit in ("first", "second"):
-        hook.write_text(f"#!/bin/sh\necho 'Welcome to the {edit} test build' > /etc/motd\n")
-        hook.chmod(0o755)
+        config = hook_config(tmp_path, f"echo 'Welcome to the {edit} test build' > /etc/motd\n")
         out = tmp_path / edit
         amberpi("--config", str(config), "--output", str(out), check=True)
         reports.append(json.loads((out / "amberpi-qemu.report.json").read_text()))
