@@ -113,3 +113,15 @@ def test_boards_load(board: str) -> None:
     assert loaded.description
     if board != "qemu":
         assert loaded.firmware == "raspi" and loaded.uboot and loaded.device_trees
+
+
+def test_source_date_epoch_from_file_or_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    assert load_config().source_date_epoch == 0, "0: the packages' install time decides"
+    assert any("source_date_epoch: -5 is negative" in p for p in problems_of(write(tmp_path, "source_date_epoch: -5\n")))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert load_config().source_date_epoch == 1700000000
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ConfigError) as error:
+        load_config()
+    assert "environment (SOURCE_DATE_EPOCH)" in error.value.render() and "not a whole number" in error.value.render()
