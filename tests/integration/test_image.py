@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -149,8 +150,10 @@ def test_same_inputs_give_the_same_image(qemu_image: BuiltImage, tmp_path: Path)
 def test_hook_edit_reuses_the_initramfs(qemu_image: BuiltImage, tmp_path: Path) -> None:
     """Editing a hook that does not touch what the initrd is made from: the cached initrd, byte for byte."""
     initrds, reports = [], []
+    # A fresh word per run: a hook body the shared cache has seen before would make customize "cached".
+    run = uuid.uuid4().hex[:8]
     for edit in ("first", "second"):
-        config = hook_config(tmp_path, f"echo 'Welcome to the {edit} test build' > /etc/motd\n")
+        config = hook_config(tmp_path, f"echo 'Welcome to the {edit} test build {run}' > /etc/motd\n")
         out = tmp_path / edit
         amberpi("--config", str(config), "--output", str(out), check=True)
         reports.append(json.loads((out / "amberpi-qemu.report.json").read_text()))
@@ -160,4 +163,4 @@ def test_hook_edit_reuses_the_initramfs(qemu_image: BuiltImage, tmp_path: Path) 
     assert initrds[0] == initrds[1]
     system = extract_partition(tmp_path / "second" / "amberpi-qemu.img", 2, tmp_path / "p2.iso")
     (tmp_path / "fs.squashfs").write_bytes(read_iso_file(system, "/live/filesystem.squashfs"))
-    assert squashfs_cat(tmp_path / "fs.squashfs", "etc/motd") == b"Welcome to the second test build\n"
+    assert squashfs_cat(tmp_path / "fs.squashfs", "etc/motd") == f"Welcome to the second test build {run}\n".encode()
