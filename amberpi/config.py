@@ -67,7 +67,7 @@ class Config:
     compress: str = setting("none", "also write the image compressed, for downloads (<name>.img.xz)", choices=IMAGE_COMPRESSIONS, cli=True)
     cache_dir: str = setting("/var/cache/amberpi", "build cache folder", cli=True)
     source_date_epoch: int = setting(
-        0, "the build's timestamp for every file it writes (0: when the packages were installed; SOURCE_DATE_EPOCH sets it too)"
+        0, "the build's timestamp for every file it writes (0: the newest installed package's date; SOURCE_DATE_EPOCH sets it too)"
     )
 
     def to_json(self) -> dict[str, Any]:

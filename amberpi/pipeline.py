@@ -219,6 +219,9 @@ class Pipeline:
             digest = sha256_file(partial)
             write_rendered(image.with_name(image.name + ".sha256"), "sha256sum.j2", digest=digest, name=image.name)
             report = self.report(ctx, image, digest)
+            packages = self.output_dir / f"{self.config.name}.packages"
+            write_rendered(packages, "packages.j2", packages=squash.meta["packages"])
+            report["packages"] = {"file": packages.name, "sha256": sha256_file(packages)}
             if self.config.compress == "xz":
                 LOG.note(f"compressing the image: {compressed.name}")
                 # xz keeps the sparse partial and writes its .xz beside it; all cores.

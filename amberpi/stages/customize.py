@@ -108,6 +108,22 @@ def kernel_version(tree: Path) -> str:
     return kernels[-1]
 
 
+def newest_package_date(tree: Path) -> int:
+    """The build's default timestamp: the date of the newest installed package.
+
+    dpkg keeps each packaged file's mtime, which Debian clamps to the package's
+    changelog date, so the same package versions give the same timestamp.
+    """
+    dates = [int(p.lstat().st_mtime) for p in (tree / "usr/share/doc").glob("*/changelog.Debian.gz")]
+    if not dates:
+        raise StageError(
+            "no package changelog to date the build by",
+            where=f"stage customize, {tree}/usr/share/doc",
+            hint="set source_date_epoch in the config, or SOURCE_DATE_EPOCH",
+        )
+    return max(dates)
+
+
 class CustomizeStage(Stage):
     name = "customize"
     title = "Applying includes, users and {count} hooks; one initramfs"
@@ -137,7 +153,7 @@ class CustomizeStage(Stage):
         for folder in include_folders(ctx):
             if folder.is_dir():
                 copy_over(folder, tree)
-        epoch = ctx.config.source_date_epoch or upstream["packages"].meta["installed_at"]
+        epoch = ctx.config.source_date_epoch or newest_package_date(tree)
         with ChrootSession(tree, apt_cache=ctx.apt_cache) as session:
             self.set_up_root(ctx, session, tree)
             self.run_hooks(ctx, session, tree)
@@ -243,6 +259,7 @@ class CustomizeStage(Stage):
             "var/lib/apt/lists/*",
             "var/cache/apt/*.bin",
             "var/cache/debconf/*-old",
+            "var/cache/ldconfig/aux-cache",
             "tmp/*",
             "var/tmp/*",
         ):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -75,4 +74,4 @@ class PackagesStage(Stage):
             )
             session.run(["apt-get", "clean"], label="apt")
         (tree / "etc/dpkg/dpkg.cfg.d/amberpi-unsafe-io").unlink()
-        return Artefact(out, {"installed_at": int(time.time()), "packages": wanted_packages(ctx)})
+        return Artefact(out, {"packages": wanted_packages(ctx)})

@@ -117,7 +117,7 @@ def test_boards_load(board: str) -> None:
 
 def test_source_date_epoch_from_file_or_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-    assert load_config().source_date_epoch == 0, "0: the packages' install time decides"
+    assert load_config().source_date_epoch == 0, "0: the newest package's date decides"
     assert any("source_date_epoch: -5 is negative" in p for p in problems_of(write(tmp_path, "source_date_epoch: -5\n")))
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     assert load_config().source_date_epoch == 1700000000
