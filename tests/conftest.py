@@ -39,7 +39,9 @@ class BuiltImage:
 def write_test_config(folder: Path, **extra: object) -> Path:
     import yaml
 
-    data = {"root_password_hash": TEST_PASSWORD_HASH, **extra}
+    # p4 as a grown SD card would have it: room for a second kernel's modules and
+    # for staging a kernel partition that keeps a fallback (about 140 MiB).
+    data = {"root_password_hash": TEST_PASSWORD_HASH, "persistence_size_mib": 2048, **extra}
     path = folder / "amberpi-test.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

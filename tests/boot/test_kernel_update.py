@@ -160,7 +160,29 @@ def test_2_power_cut_during_kernel_partition_write(device: Device, round_number:
     assert "(state: good)" in device.vm.check("amberpi-kernel status")
 
 
-def test_3_garbage_kernel_partition_boots_factory(device: Device) -> None:
+def test_3_panicking_kernel_falls_back_to_the_previous_good_one(device: Device) -> None:
+    """The kernel that booted fine is kept as the fallback; a broken rewrite of it boots that copy."""
+    vm = device.vm
+    assert vm
+    assert f"kernel partition:  {device.new} (state: good)" in vm.check("amberpi-kernel status")
+    # Its initrd regenerated into one that cannot be unpacked: every boot of it panics.
+    vm.check(f"cp /boot/initrd.img-{device.new} /root/initrd.good")
+    vm.check(f"head -c 1048576 /dev/urandom > /boot/initrd.img-{device.new}")
+    output = vm.check(f"amberpi-kernel install {device.new}", timeout=900)
+    assert f"kernel partition now holds {device.new} (and {device.new}, the fallback)" in output
+    vm.send("systemctl reboot")
+    # Each try panics and reboots (panic=10); after the tries GRUB picks the fallback.
+    vm.expect("Kernel panic", timeout=900)
+    vm.expect("Kernel panic", timeout=900)
+    vm.wait_for_login()
+    vm.login("root", TEST_PASSWORD)
+    assert device.kernel() == (device.new, "previous"), "the previous good kernel, not the factory one"
+    status = vm.check("amberpi-kernel status")
+    assert "did not confirm a good boot" in status and f"the previous kernel {device.new} boots" in status
+    device.note(status)
+
+
+def test_4_garbage_kernel_partition_boots_factory(device: Device) -> None:
     assert device.vm
     device.power_off()
     device.overwrite_partition(3, os.urandom(8 << 20))
@@ -168,30 +190,11 @@ def test_3_garbage_kernel_partition_boots_factory(device: Device) -> None:
     assert device.kernel() == (device.factory, "factory")
 
 
-def test_4_panicking_kernel_falls_back_by_itself(device: Device) -> None:
-    vm = device.vm
-    assert vm
-    # The new kernel with an initrd that cannot be unpacked: it panics on every boot.
-    vm.check(f"cp /boot/initrd.img-{device.new} /root/initrd.good")
-    vm.check(f"head -c 1048576 /dev/urandom > /boot/initrd.img-{device.new}")
-    assert "kernel partition now holds" in vm.check(f"amberpi-kernel install {device.new}", timeout=600)
-    vm.send("systemctl reboot")
-    # Each try panics and reboots (panic=10); after the tries GRUB picks the factory kernel.
-    vm.expect("Kernel panic", timeout=900)
-    vm.expect("Kernel panic", timeout=900)
-    vm.wait_for_login()
-    vm.login("root", TEST_PASSWORD)
-    assert device.kernel() == (device.factory, "factory")
-    status = vm.check("amberpi-kernel status")
-    assert "did not confirm a good boot" in status
-    device.note(status)
-
-
 def test_5_persistence_reset_boots_factory_and_explains(device: Device, tmp_path: Path) -> None:
     vm = device.vm
     assert vm
     vm.check(f"cp /root/initrd.good /boot/initrd.img-{device.new}")
-    assert "kernel partition now holds" in vm.check(f"amberpi-kernel install {device.new}", timeout=600)
+    assert "kernel partition now holds" in vm.check(f"amberpi-kernel install {device.new}", timeout=900)
     device.power_off()
     # Recreate p4 empty, as a user resetting persistence would.
     _, length = partition_range(device.image, 4)

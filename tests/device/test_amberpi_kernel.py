@@ -27,6 +27,7 @@ SCRIPT = REPO / "amberpi/device/rootfs/usr/sbin/amberpi-kernel"
 SHELLS = [["dash"], ["busybox", "sh"]]
 FACTORY = "6.12.1+deb13-arm64"
 NEW = "6.16.3+bpo-arm64"
+NEWER = "6.17.1+bpo-arm64"
 KERNEL_LABEL = "AMBERPI_KRN_1A2B3C4D"
 DTB = "broadcom/bcm2837-rpi-3-b.dtb"
 
@@ -190,11 +191,138 @@ def test_interrupted_write_leaves_state_writing(device: Device, tmp_path: Path) 
     assert device.grubenv() == {"amberpi_state": "new", "amberpi_version": NEW}
 
 
+def install_confirmed(device: Device, version: str) -> None:
+    """Install `version` and let its trial boot confirm it: the state a good update leaves."""
+    add_kernel(device.root, version)
+    assert device.run("install", version).returncode == 0
+    assert device.run("confirm", cmdline="boot=live amberpi.kernel=trial").returncode == 0
+    assert device.grubenv()["amberpi_state"] == "good"
+
+
+def assert_slot_holds(p3: Path, folder: str, version: str, root: Path) -> None:
+    """The kernel slot at `folder` on p3 holds `version`'s files, and its checksums verify."""
+    assert read_iso_file(p3, f"{folder}/version").decode() == version + "\n"
+    assert read_iso_file(p3, f"{folder}/initrd.img") == (root / "boot" / f"initrd.img-{version}").read_bytes()
+    names = set()
+    for line in read_iso_file(p3, f"{folder}/SHA256SUMS").decode().splitlines():
+        digest, name = line.split("  ")
+        names.add(name)
+        assert hashlib.sha256(read_iso_file(p3, f"{folder}/{name}")).hexdigest() == digest
+    assert {"vmlinuz", "initrd.img", "version", f"dtbs/{DTB}"} == names
+
+
+def test_updating_a_good_kernel_keeps_it_as_the_fallback(device: Device) -> None:
+    install_confirmed(device, NEW)
+    add_kernel(device.root, NEWER)
+    result = device.run("install", NEWER)
+    assert result.returncode == 0, result.stderr
+    assert f"kernel partition now holds {NEWER} (and {NEW}, the fallback)" in result.stdout
+    p3 = device.parts / "p3"
+    assert_slot_holds(p3, "", NEWER, device.root)
+    assert_slot_holds(p3, "/previous", NEW, device.root)
+    assert device.grubenv() == {"amberpi_state": "new", "amberpi_version": NEWER, "amberpi_previous": NEW}
+    assert f"fallback kernel:   {NEW}" in device.run("status").stdout
+
+
+def test_an_untried_kernel_never_becomes_the_fallback(device: Device) -> None:
+    """Installing again before the new kernel booted: the fallback stays the one known good."""
+    install_confirmed(device, NEW)
+    add_kernel(device.root, NEWER)
+    assert device.run("install", NEWER).returncode == 0
+    (device.root / "boot" / f"initrd.img-{NEWER}").write_bytes(b"regenerated initrd")
+    assert device.run("initramfs-updated", NEWER).returncode == 0
+    assert_slot_holds(device.parts / "p3", "/previous", NEW, device.root)
+    assert device.grubenv()["amberpi_previous"] == NEW
+    # Out of tries (GRUB marked it bad): a reinstall still keeps the good one.
+    env = device.grubenv()
+    assert device.run("rollback").returncode == 0
+    assert device.run("reinstall").returncode == 0
+    assert_slot_holds(device.parts / "p3", "/previous", NEW, device.root)
+    assert device.grubenv() == {**env, "amberpi_state": "new"}
+
+
+def test_a_reinstalled_good_kernel_keeps_its_good_copy(device: Device) -> None:
+    """A regenerated initrd that turns out broken: the copy that booted fine is the fallback."""
+    install_confirmed(device, NEW)
+    good_initrd = (device.root / "boot" / f"initrd.img-{NEW}").read_bytes()
+    (device.root / "boot" / f"initrd.img-{NEW}").write_bytes(b"broken initrd")
+    assert device.run("initramfs-updated", NEW).returncode == 0
+    p3 = device.parts / "p3"
+    assert read_iso_file(p3, "/initrd.img") == b"broken initrd"
+    assert read_iso_file(p3, "/previous/initrd.img") == good_initrd
+    assert device.grubenv() == {"amberpi_state": "new", "amberpi_version": NEW, "amberpi_previous": NEW}
+
+
+def test_no_fallback_when_there_is_no_room_for_two(device: Device) -> None:
+    install_confirmed(device, NEW)
+    (device.root / "boot" / f"initrd.img-{NEW}").write_bytes(os.urandom(5 << 20))
+    assert device.run("reinstall").returncode == 0 and device.run("confirm", cmdline="amberpi.kernel=trial").returncode == 0
+    add_kernel(device.root, NEWER)
+    (device.root / "boot" / f"initrd.img-{NEWER}").write_bytes(os.urandom(5 << 20))
+    result = device.run("install", NEWER)
+    assert result.returncode == 0, result.stderr
+    assert f"no room to keep kernel {NEW} as the fallback" in result.stdout
+    assert "/previous/version" not in list_iso(device.parts / "p3")
+    assert device.grubenv() == {"amberpi_state": "new", "amberpi_version": NEWER}
+
+
+def test_no_fallback_when_the_work_folder_is_short_of_room(device: Device, tmp_path: Path) -> None:
+    """Staging two kernels needs twice the room: with room for one, the install goes ahead without a fallback."""
+    install_confirmed(device, NEW)
+    (device.root / "boot" / f"initrd.img-{NEW}").write_bytes(os.urandom(3 << 20))
+    assert device.run("reinstall").returncode == 0 and device.run("confirm", cmdline="amberpi.kernel=trial").returncode == 0
+    add_kernel(device.root, NEWER)
+    # df reports 2 MiB free: enough for NEWER's few KiB plus the margin, not for NEW's 3 MiB copy as well.
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir()
+    df = fake_bin / "df"
+    df.write_text("#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\necho 'work 4096 2048 2048 50% /'\n")
+    df.chmod(0o755)
+    device.env["PATH"] = f"{fake_bin}:{device.env['PATH']}"
+    result = device.run("install", NEWER)
+    assert result.returncode == 0, result.stderr
+    assert f"no room in {device.env['AMBERPI_WORK_DIR']} to keep kernel {NEW} as the fallback as well" in result.stdout
+    assert "/previous/version" not in list_iso(device.parts / "p3")
+    assert device.grubenv() == {"amberpi_state": "new", "amberpi_version": NEWER}
+    # With less room than one kernel needs, nothing changes and the reason is given.
+    df.write_text(df.read_text().replace("2048 50%", "512 50%"))
+    before = device.p3_digest()
+    result = device.run("install", NEWER)
+    assert result.returncode == 3 and "MiB free in" in result.stderr
+    assert device.p3_digest() == before
+
+
+def test_a_damaged_partition_keeps_no_fallback(device: Device) -> None:
+    """A fallback that cannot be read back intact is dropped: the install still succeeds."""
+    install_confirmed(device, NEW)
+    add_kernel(device.root, NEWER)
+    assert device.run("install", NEWER).returncode == 0
+    with (device.parts / "p3").open("r+b") as handle:
+        handle.write(os.urandom(1 << 20))
+    result = device.run("reinstall")
+    assert result.returncode == 0, result.stderr
+    assert "the fallback" not in result.stdout
+    assert device.grubenv() == {"amberpi_state": "new", "amberpi_version": NEWER}
+
+
+def test_rollback_prefers_the_fallback_kernel(device: Device) -> None:
+    install_confirmed(device, NEW)
+    add_kernel(device.root, NEWER)
+    assert device.run("install", NEWER).returncode == 0
+    result = device.run("rollback")
+    assert result.returncode == 0 and f"the previous kernel {NEW} boots from now on" in result.stdout
+    assert f"rolled back by hand; the previous kernel {NEW} boots" in device.run("status").stdout
+    result = device.run("rollback", "--factory")
+    assert result.returncode == 0 and f"the factory kernel {FACTORY} boots from now on" in result.stdout
+    assert "amberpi_previous" not in device.grubenv()
+    assert device.run("rollback", "--sideways").returncode == 2
+
+
 def test_rollback_and_status(device: Device) -> None:
     add_kernel(device.root, NEW)
     assert device.run("install").returncode == 0
     result = device.run("rollback")
-    assert result.returncode == 0 and f"factory kernel {FACTORY} boots from now on" in result.stdout
+    assert result.returncode == 0 and f"the factory kernel {FACTORY} boots from now on" in result.stdout
     status = device.run("status").stdout
     assert f"kernel partition:  {NEW} (state: rolled-back)" in status
     assert "rolled back by hand" in status

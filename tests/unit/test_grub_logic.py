@@ -29,7 +29,9 @@ IMAGE_ID = "1a2b3c4d"
 KERNEL_LABEL = "AMBERPI_KRN_1A2B3C4D"
 FACTORY = "6.12.1-arm64"
 NEW = "7.3.4-arm64"
+OLD = "6.16.3-arm64"  # good before NEW was installed: the fallback kept on p3
 MODULES = f"rw/usr/lib/modules/{NEW}"
+OLD_MODULES = f"rw/usr/lib/modules/{OLD}"
 
 
 @dataclass
@@ -40,6 +42,9 @@ class Scenario:
     modules: str | None = MODULES  # folder created on p4, None for an empty (reset) p4
     kernel_label: str = KERNEL_LABEL
     corrupt_kernel: bool = False
+    previous: str | None = None  # a fallback kernel kept in /previous on p3
+    previous_modules: str | None = OLD_MODULES
+    corrupt_previous: bool = False
 
 
 @dataclass
@@ -66,6 +71,8 @@ def build_disk(folder: Path, case: Scenario) -> Path:
     variables = [("amberpi_state", case.state), ("amberpi_version", case.version)]
     if case.tries is not None:
         variables.append(("amberpi_tries", case.tries))
+    if case.previous is not None:
+        variables.append(("amberpi_previous", case.previous))
     write_grubenv(p1 / "grub" / "grubenv", variables)
     make_fat(p1, folder / "p1.img", size_mib=40, label="AMBERPI", volume_id=IMAGE_ID, epoch=EPOCH)
 
@@ -75,27 +82,35 @@ def build_disk(folder: Path, case: Scenario) -> Path:
     make_iso(p2, folder / "p2.iso", volume_id="AMBERPI_SYS_1A2B3C4D", epoch=EPOCH)
 
     p3 = folder / "p3"
-    p3.mkdir()
-    (p3 / "vmlinuz").write_bytes(b"kernel " + case.version.encode())
-    (p3 / "initrd.img").write_bytes(b"initrd " + case.version.encode())
-    (p3 / "version").write_text(case.version + "\n")
-    sums = [(p.name, sha256_file(p)) for p in sorted(p3.iterdir())]
-    write_rendered(p3 / "SHA256SUMS", "SHA256SUMS.j2", sums=sums)
-    if case.corrupt_kernel:
-        (p3 / "vmlinuz").write_bytes(b"kernel, cut short")
+    write_kernel_slot(p3, case.version, corrupt=case.corrupt_kernel)
+    if case.previous:
+        write_kernel_slot(p3 / "previous", case.previous, corrupt=case.corrupt_previous)
     make_iso(p3, folder / "p3.iso", volume_id=case.kernel_label, epoch=EPOCH)
 
     p4 = folder / "p4"
     p4.mkdir()
     (p4 / "persistence.conf").write_text("/ union\n")
-    if case.modules:
-        (p4 / case.modules).mkdir(parents=True)
+    for modules in (case.modules, case.previous_modules):
+        if modules:
+            (p4 / modules).mkdir(parents=True, exist_ok=True)
     make_ext4(p4, folder / "p4.img", size_mib=8, label=f"amberpi-{IMAGE_ID}", fs_uuid="0e7b4a7e-1d2c-4f0e-9a53-2b1f0c6d8e11", epoch=EPOCH)
 
     files = {"boot": folder / "p1.img", "system": folder / "p2.iso", "kernel": folder / "p3.iso", "persistence": folder / "p4.img"}
     partitions = plan_layout({role: path.stat().st_size for role, path in files.items()})
     write_disk(folder / "disk.img", partitions, files, IMAGE_ID)
     return folder / "disk.img"
+
+
+def write_kernel_slot(folder: Path, version: str, *, corrupt: bool) -> None:
+    """A kernel's files and their SHA256SUMS, as amberpi-kernel lays them out."""
+    folder.mkdir(parents=True)
+    (folder / "vmlinuz").write_bytes(b"kernel " + version.encode())
+    (folder / "initrd.img").write_bytes(b"initrd " + version.encode())
+    (folder / "version").write_text(version + "\n")
+    sums = [(p.name, sha256_file(p)) for p in sorted(folder.iterdir())]
+    write_rendered(folder / "SHA256SUMS", "SHA256SUMS.j2", sums=sums)
+    if corrupt:
+        (folder / "vmlinuz").write_bytes(b"kernel, cut short")
 
 
 def read_grubenv(disk: Path) -> dict[str, str]:
@@ -185,7 +200,7 @@ def test_checksum_mismatch_boots_the_factory_kernel(tmp_path: Path) -> None:
     [
         ("writing", "a write to the kernel partition did not finish"),
         ("bad", f"kernel {NEW} never confirmed a good boot"),
-        ("rolled-back", "rolled back to the factory kernel"),
+        ("rolled-back", "rolled back by hand"),
         ("confused", "unknown kernel partition state 'confused'"),
     ],
 )
@@ -198,3 +213,44 @@ def test_foreign_kernel_partition_is_not_used(tmp_path: Path) -> None:
     decision = decide(tmp_path, Scenario(state="good", kernel_label="AMBERPI_KRN_99999999"))
     assert decision.default == "factory"
     assert decision.why == "the kernel partition is not this image's (label 'AMBERPI_KRN_99999999')"
+
+
+def test_a_good_kernel_ignores_the_fallback(tmp_path: Path) -> None:
+    decision = decide(tmp_path, Scenario(state="good", previous=OLD))
+    assert (decision.default, decision.mode) == ("current", "current")
+
+
+def test_new_kernel_out_of_tries_falls_back_to_the_previous_good_one(tmp_path: Path) -> None:
+    decision = decide(tmp_path, Scenario(state="new", tries=str(KERNEL_TRIES), previous=OLD))
+    assert (decision.default, decision.mode) == ("previous", "previous")
+    assert decision.grubenv["amberpi_state"] == "bad" and decision.grubenv["amberpi_previous"] == OLD
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Scenario(state="bad", previous=OLD),
+        Scenario(state="rolled-back", previous=OLD),
+        Scenario(state="good", corrupt_kernel=True, previous=OLD),
+        Scenario(state="new", modules=None, previous=OLD),
+    ],
+    ids=["bad", "rolled-back", "current-corrupt", "current-modules-missing"],
+)
+def test_the_fallback_boots_when_the_current_kernel_cannot(tmp_path: Path, case: Scenario) -> None:
+    assert decide(tmp_path, case).default == "previous"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Scenario(state="writing", previous=OLD),
+        Scenario(state="bad", previous=OLD, corrupt_previous=True),
+        Scenario(state="bad", previous=OLD, previous_modules=None),
+        Scenario(state="bad", previous=OLD, previous_modules="rw/usr/lib/modules"),
+        Scenario(state="bad", previous=OLD, kernel_label="AMBERPI_KRN_99999999"),
+        Scenario(state="bad", previous=None),
+    ],
+    ids=["cut-write", "fallback-corrupt", "fallback-modules-missing", "fallback-modules-partial", "foreign-partition", "none-kept"],
+)
+def test_the_factory_kernel_boots_when_the_fallback_cannot(tmp_path: Path, case: Scenario) -> None:
+    assert decide(tmp_path, case).default == "factory"
