@@ -124,10 +124,41 @@ def newest_package_date(tree: Path) -> int:
     return max(dates)
 
 
+# Folders emptied at the end of every build. Whether a tool used them on the way
+# (mkinitramfs works in /var/tmp, but not when its initrd is reused from the
+# cache) must not show in the image, so their dates are set, not inherited.
+SETTLED_FOLDERS = ("tmp", "var/tmp")
+
+
+def settle_dates(tree: Path, epoch: int) -> None:
+    """Make the dates a build leaves behind depend on `epoch`, not on the day or on the cache.
+
+    Accounts made during the build record the day of their last password change
+    in /etc/shadow; that day is clamped to the epoch's, as shadow does itself
+    when SOURCE_DATE_EPOCH is set.
+    """
+    for folder in SETTLED_FOLDERS:
+        path = tree / folder
+        if path.is_dir() and not path.is_symlink():
+            os.utime(path, (epoch, epoch), follow_symlinks=False)
+    epoch_day = epoch // 86400
+    for name in ("etc/shadow", "etc/shadow-"):
+        shadow = tree / name
+        if not shadow.is_file() or shadow.is_symlink():
+            continue
+        lines = []
+        for line in shadow.read_text().splitlines():
+            fields = line.split(":")
+            if len(fields) > 2 and fields[2].isdigit() and int(fields[2]) > epoch_day:
+                fields[2] = str(epoch_day)
+            lines.append(":".join(fields))
+        shadow.write_text("".join(line + "\n" for line in lines))
+
+
 class CustomizeStage(Stage):
     name = "customize"
     title = "Applying includes, users and {count} hooks; one initramfs"
-    version = 1
+    version = 2
     needs = ("packages",)
 
     def key_inputs(self, ctx: BuildContext) -> dict[str, Any]:
@@ -162,6 +193,7 @@ class CustomizeStage(Stage):
             self.make_grub_image(session, tree, boot)
         self.collect_boot_files(tree, version, boot)
         manifest = self.clean_tree(tree)
+        settle_dates(tree, epoch)
         meta = {"kernel_version": version, "package_count": len(manifest), "packages": manifest, "initramfs": initramfs}
         meta["source_date_epoch"] = epoch
         return Artefact(out, meta)

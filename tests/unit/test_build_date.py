@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from amberpi.errors import StageError
-from amberpi.stages.customize import newest_package_date
+from amberpi.stages.customize import newest_package_date, settle_dates
 
 
 def add_package(tree: Path, name: str, date: int) -> None:
@@ -31,3 +31,21 @@ def test_no_packages_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="no package changelog") as raised:
         newest_package_date(tmp_path)
     assert "source_date_epoch" in str(raised.value.hint)
+
+
+def test_emptied_folders_and_account_dates_follow_the_epoch(tmp_path: Path) -> None:
+    """Whether mkinitramfs ran in /var/tmp (or the initrd came from the cache), and on which day
+    the accounts were made, must not show in the image."""
+    epoch = 1_792_725_771  # day 20749
+    for folder in ("tmp", "var/tmp"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/shadow").write_text(
+        "root:$6$salt$hash:20779:0:99999:7:::\nsshd:!:20779::::::\nold:*:19000:0:99999:7:::\nforced:x:0:0:99999:7:::\nnodate:*::0:99999:7:::\n"
+    )
+    (tmp_path / "etc/shadow").chmod(0o640)
+    settle_dates(tmp_path, epoch)
+    assert {int((tmp_path / f).stat().st_mtime) for f in ("tmp", "var/tmp")} == {epoch}
+    days = [line.split(":")[2] for line in (tmp_path / "etc/shadow").read_text().splitlines()]
+    assert days == ["20749", "20749", "19000", "0", ""]
+    assert (tmp_path / "etc/shadow").stat().st_mode & 0o777 == 0o640
