@@ -11,6 +11,7 @@ from pathlib import Path
 
 from amberpi.vm import VM
 from tests.conftest import REPO, TEST_PASSWORD, write_test_config
+from tests.measurements import record
 
 HOOK_NAME = "9999-test.hook.chroot"
 
@@ -60,7 +61,7 @@ def booted_copy(image: Path, folder: Path) -> Iterator[VM]:
     try:
         vm.start()
         seconds = vm.wait_for_login()
-        print(f"\n{image.name}: boot to login {seconds:.0f}s", file=sys.stderr)
+        record(f"{image.name}: boot to login {seconds:.0f}s")
         vm.login("root", TEST_PASSWORD)
         yield vm
     finally:

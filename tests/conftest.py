@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.measurements import RECORDED, record
+
 REPO = Path(__file__).resolve().parent.parent
 TEST_PASSWORD = "amberpi-test"
 # A fixed build time for the file systems tests write themselves.
@@ -57,7 +59,9 @@ def build_image(tmp_root: Path, board: str) -> BuiltImage:
     seconds = time.monotonic() - started
     report = json.loads((output / f"amberpi-{board}.report.json").read_text())
     image = output / f"amberpi-{board}.img"
-    print(f"\nbuilt {image} in {seconds:.0f}s", file=sys.stderr)
+    stages = report["stages"]
+    cached = sum(1 for stage in stages if stage["status"] in ("cached", "skipped"))
+    record(f"build of {board}: {seconds:.0f}s ({cached}/{len(stages)} stages from the cache), image {image.stat().st_size >> 20} MiB")
     return BuiltImage(board, image, report, seconds, output)
 
 
@@ -76,3 +80,10 @@ def pi3_image(tmp_path_factory: pytest.TempPathFactory, qemu_image: BuiltImage) 
 def require_root() -> None:
     if os.geteuid() != 0:
         pytest.fail("these tests build images and must run as root (use `python3 tests/run.py` as root)")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if RECORDED:
+        terminalreporter.section("measurements")
+        for line in RECORDED:
+            terminalreporter.write_line(line)

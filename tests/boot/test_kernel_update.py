@@ -9,6 +9,7 @@ AMBERPI_POWERCUT_ROUNDS (default 1) repeats the three power-cut points.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from amberpi.vm import VM
 from tests.conftest import EPOCH, TEST_PASSWORD, BuiltImage
 from tests.imagetools import partition_range
 from tests.kernel_repo import GUEST_HOST, make_kernel_repo, serve
+from tests.measurements import record
 
 pytestmark = pytest.mark.boot
 
@@ -49,7 +51,7 @@ class Device:
         self.vm.start()
         seconds = self.vm.wait_for_login()
         self.vm.login("root", TEST_PASSWORD)
-        self.note(f"boot {self.boots}: login after {seconds:.0f}s on {self.kernel()}")
+        self.note(f"boot {self.boots}: login after {seconds:.0f}s on {self.kernel()}", measured=True)
         return self.vm
 
     def kernel(self) -> tuple[str, str]:
@@ -70,9 +72,13 @@ class Device:
         self.vm.close()
         self.vm = None
 
-    def note(self, text: str) -> None:
+    def note(self, text: str, measured: bool = False) -> None:
+        """Into the device's notes.txt; measured figures also into the run's summary."""
         self.notes.append(text)
-        print(text, file=sys.stderr, flush=True)
+        if measured:
+            record(f"kernel update: {text}")
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def partition_hash(self, number: int) -> str:
         return sha256_range(self.image, *partition_range(self.image, number))
@@ -118,6 +124,8 @@ def test_1_apt_install_newer_kernel_boots_it(device: Device, kernel_repo: tuple[
         device.note(f"apt install of {version}: {time.monotonic() - started:.0f}s, exit {code}\n{output}")
     assert code == 0, output
     assert f"kernel partition now holds {version}" in output
+    steps = re.findall(r"kernel partition now holds .*\[(\d+)s\]", output)
+    device.note(f"on-device update step (amberpi-kernel, after apt unpacked the kernel): {' + '.join(steps) or '?'} s", measured=True)
     status = vm.check("amberpi-kernel status")
     assert f"kernel partition:  {version} (state: new" in status
     device.power_off()
@@ -149,7 +157,7 @@ def test_2_power_cut_during_kernel_partition_write(device: Device, round_number:
         device.pull_plug()
         device.boot()
         kernel, entry = device.kernel()
-        device.note(f"power cut {point} (round {round_number + 1}): next boot reached login on {kernel} ({entry})")
+        device.note(f"power cut {point} (round {round_number + 1}): next boot reached login on {kernel} ({entry})", measured=True)
         assert kernel in (device.factory, device.new)
         if point == "middle":
             assert (kernel, entry) == (device.factory, "factory"), "a half-written kernel partition is never booted"
