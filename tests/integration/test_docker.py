@@ -33,6 +33,7 @@ from amberpi.isofs import list_iso, read_iso_file, volume_id
 from tests.buildtools import amberpi_mounts, booted_copy, hook_left_running, start_build_in_hook
 from tests.conftest import REPO, BuiltImage, amberpi, require_root, write_test_config
 from tests.imagetools import extract_partition, partition_table, squashfs_list
+from tests.measurements import record
 
 pytestmark = pytest.mark.integration
 
@@ -90,11 +91,11 @@ def builder_image(docker_client: Any) -> str:
     except docker.errors.ImageNotFound:
         started = time.monotonic()
         amberpi("--bootstrap-builder-base", check=True)
-        print(f"\nbase image {BASE_IMAGE} made in {time.monotonic() - started:.0f}s", file=sys.stderr)
+        record(f"base image {BASE_IMAGE} made in {time.monotonic() - started:.0f}s")
     started = time.monotonic()
     tag = ensure_builder_image(docker_client)
     size = int(docker_client.images.get(tag).attrs["Size"]) >> 20
-    print(f"\nbuilder image {tag}: {size} MiB, ready in {time.monotonic() - started:.0f}s", file=sys.stderr)
+    record(f"builder image {tag}: {size} MiB, ready in {time.monotonic() - started:.0f}s")
     return tag
 
 
@@ -145,7 +146,7 @@ def docker_image(qemu_image: BuiltImage, builder_image: str, docker_user: Docker
     assert result.returncode == 0, result.stderr[-4000:]
     first = next(line for line in result.stderr.splitlines() if line.startswith("AmberPi: building"))
     assert "backend docker (auto: not root)" in first, "not root: auto picks docker, and the first progress line says so"
-    print(f"\ndocker build of qemu: {seconds:.0f}s (native in this session: {qemu_image.seconds:.0f}s)", file=sys.stderr)
+    record(f"docker build of qemu: {seconds:.0f}s (native in this session: {qemu_image.seconds:.0f}s)")
     report = json.loads((output / "amberpi-qemu.report.json").read_text())
     return BuiltImage("qemu", output / "amberpi-qemu.img", report, seconds, output)
 
