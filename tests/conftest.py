@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.measurements import RECORDED, record
+from tests.measurements import RECORDED, DiskWatch, record
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_PASSWORD = "amberpi-test"
@@ -82,7 +83,18 @@ def require_root() -> None:
         pytest.fail("these tests build images and must run as root (use `python3 tests/run.py` as root)")
 
 
+DISK_WATCH: DiskWatch | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global DISK_WATCH
+    DISK_WATCH = DiskWatch([Path(tempfile.gettempdir()), Path("/var/cache"), Path("/var/lib/docker")]).__enter__()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if DISK_WATCH is not None:
+        DISK_WATCH.__exit__()
+        RECORDED.extend(DISK_WATCH.summary())
     if RECORDED:
         terminalreporter.section("measurements")
         for line in RECORDED:

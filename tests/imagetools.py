@@ -23,6 +23,7 @@ def partition_range(image: Path, number: int) -> tuple[int, int]:
 
 
 def extract_partition(image: Path, number: int, target: Path) -> Path:
+    """Partition `number` as a file of its own, sparse: an empty 2 GiB persistence partition costs no disk."""
     offset, length = partition_range(image, number)
     with image.open("rb") as src, target.open("wb") as dst:
         src.seek(offset)
@@ -31,8 +32,12 @@ def extract_partition(image: Path, number: int, target: Path) -> Path:
             chunk = src.read(min(4 << 20, remaining))
             if not chunk:
                 break
-            dst.write(chunk)
+            if chunk.count(0) == len(chunk):
+                dst.seek(len(chunk), 1)
+            else:
+                dst.write(chunk)
             remaining -= len(chunk)
+        dst.truncate(length - remaining)
     return target
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def parts(qemu_image: BuiltImage, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def parts(qemu_image: BuiltImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     folder = tmp_path_factory.mktemp("parts")
     files = {
         "p1": extract_partition(qemu_image.path, 1, folder / "p1.img"),
@@ -32,7 +34,9 @@ def parts(qemu_image: BuiltImage, tmp_path_factory: pytest.TempPathFactory) -> d
     squashfs = folder / "filesystem.squashfs"
     squashfs.write_bytes(read_iso_file(files["p2"], "/live/filesystem.squashfs"))
     files["squashfs"] = squashfs
-    return files
+    yield files
+    # Gigabytes the later (heavier) tests need more.
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_outputs_next_to_the_image(qemu_image: BuiltImage) -> None:
