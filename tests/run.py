@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +37,12 @@ TEST_PACKAGES = (
 )
 # Order matters: fast checks first, then the shared image build, then booting it.
 SUITES = ["tests/unit", "tests/device", "tests/integration", "tests/boot"]
+# Suites that need no disk to speak of: the rest build and boot images.
+LIGHT_SUITES = ("tests/unit", "tests/device")
+# Free space a full run needs where pytest writes (the build cache and Docker's vfs
+# layers usually share that file system): a full run from an empty cache took at most
+# 11.7 GiB (the "disk at" line of its measurements, 2026-11-23), plus room to spare.
+SUITE_DISK_GIB = 16
 
 
 def missing(packages: tuple[str, ...]) -> list[str]:
@@ -59,10 +66,32 @@ def install_host_packages() -> None:
     subprocess.run(["apt-get", "-q", "-y", "install", "--no-install-recommends", *absent], check=True, env=env)
 
 
+def disk_shortfall(args: list[str], need_gib: float = SUITE_DISK_GIB) -> str | None:
+    """Why the run would fill the disk, or None. Checked up front: a full disk mid-run fails
+    dozens of tests with confusing errors after many minutes."""
+    paths = [arg for arg in args if not arg.startswith("-")]
+    if paths and all(path.startswith(LIGHT_SUITES) for path in paths):
+        return None
+    folder = tempfile.gettempdir()
+    free_gib = shutil.disk_usage(folder).free / (1 << 30)
+    if free_gib >= need_gib:
+        return None
+    return (
+        f"tests/run.py: only {free_gib:.1f} GiB free in {folder}, and a full run needs about {need_gib:g} GiB "
+        "(built images, a from-scratch build, the build cache, Docker's vfs layers). Free some space "
+        "(old test runs: /tmp/pytest-of-root; the build cache: `python3 build.py clean -f`; "
+        "Docker: `docker image prune`) or point TMPDIR at a larger disk, then run again."
+    )
+
+
 def main() -> int:
+    args = sys.argv[1:] or SUITES
+    shortfall = disk_shortfall(args)
+    if shortfall:
+        print(shortfall, file=sys.stderr)
+        return 2
     install_host_packages()
     python = build.ensure_venv([REPO / "requirements.txt", REPO / "requirements-test.txt"])
-    args = sys.argv[1:] or SUITES
     return subprocess.run([str(python), "-m", "pytest", *args], cwd=REPO).returncode
 
 
