@@ -69,8 +69,11 @@ def install_host_packages() -> None:
 def disk_shortfall(args: list[str], need_gib: float = SUITE_DISK_GIB) -> str | None:
     """Why the run would fill the disk, or None. Checked up front: a full disk mid-run fails
     dozens of tests with confusing errors after many minutes."""
-    paths = [arg for arg in args if not arg.startswith("-")]
-    if paths and all(path.startswith(LIGHT_SUITES) for path in paths):
+    # pytest runs in the repository, so test paths are relative to it; option values
+    # (the `config` of `-k config`) name nothing under tests/ and are left out.
+    named = [(REPO / arg.split("::")[0]).resolve() for arg in args if not arg.startswith("-")]
+    paths = [path for path in named if path.is_relative_to(REPO / "tests")]
+    if paths and all(any(path.is_relative_to(REPO / suite) for suite in LIGHT_SUITES) for path in paths):
         return None
     folder = tempfile.gettempdir()
     free_gib = shutil.disk_usage(folder).free / (1 << 30)
@@ -79,7 +82,7 @@ def disk_shortfall(args: list[str], need_gib: float = SUITE_DISK_GIB) -> str | N
     return (
         f"tests/run.py: only {free_gib:.1f} GiB free in {folder}, and a full run needs about {need_gib:g} GiB "
         "(built images, a from-scratch build, the build cache, Docker's vfs layers). Free some space "
-        "(old test runs: /tmp/pytest-of-root; the build cache: `python3 build.py clean -f`; "
+        f"(old test runs: {folder}/pytest-of-*; the build cache: `python3 build.py clean -f`; "
         "Docker: `docker image prune`) or point TMPDIR at a larger disk, then run again."
     )
 

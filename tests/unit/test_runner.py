@@ -18,3 +18,9 @@ def test_enough_disk_passes() -> None:
 def test_light_suites_need_no_disk_check() -> None:
     assert disk_shortfall(["tests/unit", "tests/device/test_media_wait.py", "-q"], need_gib=1 << 40) is None
     assert disk_shortfall(["tests/unit", "tests/boot"], need_gib=1 << 40) is not None
+
+
+def test_option_values_are_not_taken_for_suites() -> None:
+    # The README's example: `config` is the -k expression, not a heavy suite.
+    assert disk_shortfall(["tests/unit", "-k", "config"], need_gib=1 << 40) is None
+    assert disk_shortfall(["-k", "config"], need_gib=1 << 40) is not None
