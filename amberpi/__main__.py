@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import sys
@@ -11,7 +12,7 @@ from types import FrameType
 
 from amberpi.cache import Cache, Incremental
 from amberpi.cli import parse_args, setting_overrides
-from amberpi.config import list_boards, load_config, summary_lines
+from amberpi.config import Config, list_boards, load_config, summary_lines
 from amberpi.errors import AmberPiError
 from amberpi.log import LOG
 from amberpi.run import stop_all
@@ -62,21 +63,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def run_verb(args) -> int:  # type: ignore[no-untyped-def]
-    if args.list_boards or args.verb == "boards":
+def run_verb(args: argparse.Namespace) -> int:
+    if args.verb == "boards":
         print_boards()
         return 0
-    config_file = Path(args.config) if args.config else None
+    config_file = Path(args.config) if args.config is not None else None
     config = load_config(config_file, setting_overrides(args))
     if args.verb == "summary":
         if args.json:
-            print(json.dumps(config.to_json(), indent=2))
+            print(json.dumps(config.to_json(redact=True), indent=2))
         else:
             print("\n".join(summary_lines(config)))
         return 0
     if args.verb == "clean":
         return clean(config, args.force)
-    if getattr(args, "bootstrap_builder_base", False):
+    if args.verb == "builder-base" or getattr(args, "bootstrap_builder_base", False):
+        if args.verb != "builder-base":
+            LOG.note("note: --bootstrap-builder-base is deprecated; the verb is `python build.py builder-base`")
         return bootstrap_builder_base(config)
     from amberpi.backends import BuildRequest, select_backend
 
@@ -90,7 +93,7 @@ def run_verb(args) -> int:  # type: ignore[no-untyped-def]
     return backend.build(request)
 
 
-def bootstrap_builder_base(config) -> int:  # type: ignore[no-untyped-def]
+def bootstrap_builder_base(config: Config) -> int:
     from amberpi.backends.builder import bootstrap_base_image
     from amberpi.backends.engine import connect_engine
 
@@ -98,10 +101,10 @@ def bootstrap_builder_base(config) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-def clean(config, force: bool) -> int:  # type: ignore[no-untyped-def]
+def clean(config: Config, force: bool) -> int:
     output = Path(config.output)
     removed = 0
-    for pattern in (f"{config.name}.*", f".{config.name}.img.partial*"):
+    for pattern in (f"{config.name}.*", f".{config.name}.*.partial"):
         for path in output.glob(pattern):
             path.unlink()
             removed += 1

@@ -4,6 +4,10 @@ A stage's key is the sha256 of canonical JSON of {name, version, key inputs,
 upstream keys}: a chain, so a change anywhere reruns that stage and every stage
 after it. Entries are built in a staging folder and renamed into place with a
 `key.json` written last; an entry without it is partial and never used.
+
+Every stage's facts (kernel version, sizes, the build's timestamp...) are kept
+too, by key, in `facts/<stage>/<key>.json`: a stage whose output a cached later
+stage made unnecessary still tells the report what it made.
 """
 
 from __future__ import annotations
@@ -14,14 +18,14 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from amberpi.errors import CacheError, LockError
+from amberpi.errors import CacheError, LockError, cleanup_after
 from amberpi.log import LOG
-from amberpi.mounts import remove_tree
+from amberpi.trees import remove_tree
 
 
 class Incremental(enum.StrEnum):
@@ -32,6 +36,10 @@ class Incremental(enum.StrEnum):
     strict = "strict"
 
 
+# Facts are a few bytes each: keep many more than entries.
+FACTS_KEPT = 50
+
+
 def canonical(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
@@ -39,26 +47,6 @@ def canonical(data: Any) -> str:
 def stage_key(name: str, version: int, inputs: dict[str, Any], upstream: dict[str, str]) -> tuple[str, dict[str, Any]]:
     manifest = {"name": name, "version": version, "inputs": inputs, "upstream": upstream}
     return hashlib.sha256(canonical(manifest).encode()).hexdigest(), manifest
-
-
-def digest_paths(paths: list[Path]) -> str:
-    """A digest of files' relative names, modes and contents (folders walked in order)."""
-    h = hashlib.sha256()
-    for base in paths:
-        if not base.exists():
-            h.update(f"missing:{base.name}".encode())
-            continue
-        items = [base] if base.is_file() else sorted(p for p in base.rglob("*"))
-        for item in items:
-            rel = item.name if item == base else str(item.relative_to(base))
-            if item.is_symlink():
-                h.update(f"L:{rel}:{os.readlink(item)}\0".encode())
-            elif item.is_file():
-                h.update(f"F:{rel}:{item.stat().st_mode & 0o7777:o}\0".encode())
-                h.update(hashlib.sha256(item.read_bytes()).digest())
-            elif item.is_dir():
-                h.update(f"D:{rel}\0".encode())
-    return h.hexdigest()
 
 
 def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -114,17 +102,42 @@ class Cache:
         if tmp.exists():
             remove_tree(tmp)
         tmp.mkdir()
-        try:
+
+        def discard_partial() -> None:
+            if tmp.exists():
+                remove_tree(tmp)
+
+        with cleanup_after(discard_partial):
             yield tmp
             (tmp / "key.json").write_text(canonical(manifest))
             final = self.entry(stage, key)
             if final.exists():
                 remove_tree(final)
             os.rename(tmp, final)
-        finally:
-            if tmp.exists():
-                remove_tree(tmp)
         self.prune(stage, keep=3)
+
+    def facts_file(self, stage: str, key: str) -> Path:
+        return self.root / "facts" / stage / f"{key}.json"
+
+    def save_facts(self, stage: str, key: str, facts: Mapping[str, Any]) -> None:
+        path = self.facts_file(stage, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(dict(facts), sort_keys=True))
+        os.replace(tmp, path)
+        newest_first = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in newest_first[FACTS_KEPT:]:
+            old.unlink(missing_ok=True)
+
+    def load_facts(self, stage: str, key: str) -> dict[str, Any] | None:
+        """The facts a build with this key recorded, or None (never with --incremental=no)."""
+        if self.mode is Incremental.no:
+            return None
+        try:
+            data = json.loads(self.facts_file(stage, key).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def prune(self, stage: str, keep: int) -> None:
         """Keep the newest few entries of a stage: trees are large."""
@@ -176,13 +189,3 @@ def locked(path: Path, what: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def copy_tree(source: Path, target: Path) -> None:
-    """Copy a rootfs preserving owners, modes, links, devices and xattrs."""
-    from amberpi.run import run
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        remove_tree(target)
-    run(["cp", "-a", "--reflink=auto", str(source), str(target)], label="cp")

@@ -9,7 +9,7 @@ from amberpi import __version__
 from amberpi.cache import Incremental
 from amberpi.config import SETTING_FIELDS
 
-VERBS = ("build", "validate", "summary", "boards", "clean")
+VERBS = ("build", "validate", "summary", "boards", "clean", "builder-base")
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -50,14 +50,13 @@ def make_parser() -> argparse.ArgumentParser:
         "With no verb, `build` is assumed: `python build.py --board pi3`.",
     )
     parser.add_argument("--version", action="version", version=f"amberpi {__version__}")
-    parser.add_argument("--list-boards", action="store_true", help="list the boards, one line each, and exit")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
 
     build = sub.add_parser(
         "build",
         help="build an image (the default verb)",
         description="Build an image: out/amberpi-<board>.img with its .sha256, report and log.",
-        epilog="Other verbs: validate, summary [--json], boards, clean [-f]. `--list-boards` lists boards.",
+        epilog="Other verbs: validate, summary [--json], boards, clean [-f], builder-base.",
     )
     add_common(build)
     build.add_argument("--no-cache", action="store_true", help="rebuild every stage (same as --incremental=no)")
@@ -73,7 +72,7 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--bootstrap-builder-base",
         action="store_true",
-        help="create the docker builder's base image amberpi/debian-base:bookworm with debootstrap (root), then exit",
+        help="deprecated spelling of the `builder-base` verb",
     )
 
     validate = sub.add_parser("validate", help="check the config and the host, build nothing")
@@ -84,7 +83,15 @@ def make_parser() -> argparse.ArgumentParser:
     add_common(summary)
     summary.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
-    sub.add_parser("boards", help="list the boards")
+    sub.add_parser("boards", help="list the boards, one line each")
+
+    base = sub.add_parser(
+        "builder-base",
+        help="make the Docker builder's base image amberpi/debian-base:bookworm with debootstrap (root)",
+        description="Debootstrap Debian bookworm (minbase) and import it into the Docker engine as "
+        "amberpi/debian-base:bookworm, the base of the builder image: no registry needed.",
+    )
+    add_common(base)
 
     clean = sub.add_parser("clean", help="delete build outputs; -f also deletes the cache")
     add_common(clean)
@@ -93,8 +100,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Parse argv, with `build` as the verb when none is given (so --help shows the build flags)."""
-    if not any(arg in VERBS for arg in argv) and not {"--version", "--list-boards"} & set(argv):
+    """Parse argv, with `build` as the verb when none is given (so --help shows the build flags).
+
+    Only the first token can be a verb: `--output build` names a folder.
+    """
+    if not (argv and argv[0] in VERBS) and "--version" not in argv:
         argv = ["build", *argv]
     return make_parser().parse_args(argv)
 

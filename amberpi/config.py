@@ -1,7 +1,13 @@
-"""Settings, declared once: parsing, CLI flags, validation and summary derive from them.
+"""Settings, declared once: type, default, help, allowed values and rules live on each field.
 
-Sources, later overriding earlier: config/defaults.yaml, config/boards/<board>.yaml
-(board facts only), the user's --config FILE, then command-line flags.
+Parsing, CLI flags, validation, `summary` and the JSON round trip all derive from
+the declarations below; config/defaults.yaml holds no defaults of its own (it is an
+optional site-wide layer, empty as shipped).
+
+Sources, later overriding earlier: the defaults declared here, config/defaults.yaml,
+the user's --config FILE, SOURCE_DATE_EPOCH, then command-line flags. The board file
+(config/boards/<board>.yaml) is validated in the same pass, so every problem of a
+build's input comes out in one error.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import json
 import os
 import re
 import secrets
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,54 +32,122 @@ from amberpi.mirror import debootstrap_default_mirror, detect_host_mirrors
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "config"
 BOARDS_DIR = CONFIG_DIR / "boards"
+DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
+
+Check = Callable[[Any], str | None]
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A regular expression a value must match, and what to tell the user when it does not."""
+
+    regex: str
+    says: str
+    hint: str | None = None
+
+    def check(self, value: str, *, secret: bool = False) -> str | None:
+        """Why value does not match, or None; a secret value is never repeated back."""
+        if re.fullmatch(self.regex, value):
+            return None
+        return f"not {self.says}" if secret else f"{shown(value)} is not {self.says}"
+
+
+def shown(value: str, limit: int = 40) -> str:
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "…"
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    cli: bool = False,
+    low: int | None = None,
+    high: int | None = None,
+    pattern: Pattern | None = None,
+    item_pattern: Pattern | None = None,
+    allow_empty: bool = True,
+    secret: bool = False,
+    relative_folders: bool = False,
+) -> Any:
+    """Declare one setting: default, help text, and the rules its value must follow.
+
+    low/high bound a whole number; pattern a string, item_pattern each string of a list
+    (an empty string passes when allow_empty); secret keeps the value out of every
+    printout and report; relative_folders resolves paths against the config file's folder.
+    """
+    meta = {
+        "help": help,
+        "choices": choices,
+        "cli": cli,
+        "low": low,
+        "high": high,
+        "pattern": pattern,
+        "item_pattern": item_pattern,
+        "allow_empty": allow_empty,
+        "secret": secret,
+        "relative_folders": relative_folders,
+    }
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 SUITES = ("bookworm", "trixie", "forky", "sid")
 COMPRESSIONS = ("zstd", "xz", "lz4", "gzip")
 IMAGE_COMPRESSIONS = ("none", "xz")
 FIRMWARES = ("none", "raspi")
-IMAGE_ID_RE = re.compile(r"^[0-9a-f]{8}$")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
-PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-
-
-def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, cli: bool = False) -> Any:
-    """Declare one setting: its default, help text, allowed values and whether it has a flag."""
-    meta = {"help": help, "choices": choices, "cli": cli}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+HEX8 = Pattern(r"[0-9a-f]{8}", "8 lowercase hex digits", "e.g. 1a2b3c4d, or leave it empty")
+NAME = Pattern(r"[a-z0-9][a-z0-9.-]*", "a valid file name stem", "lowercase letters, digits, '-', '.'")
+HOSTNAME = Pattern(r"(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?", "a valid hostname", "lowercase letters, digits and '-', at most 63")
+PACKAGE = Pattern(r"[a-z0-9][a-z0-9+.-]+", "a Debian package name")
+CRYPT_HASH = Pattern(r"\$(1|5|6|y|gy|2[abxy]?)\$[^:\s]+", "a crypt(3) hash", "generate one with `openssl passwd -6`")
+SSH_KEY = Pattern(r"(ssh-|ecdsa-|sk-)\S+ \S+( [^\n\r]*)?", "an SSH public key line")
+URL = Pattern(r"(https?|file)://\S+", "a URL", "e.g. http://HOST/debian")
+# Pasted into grub.cfg inside double quotes: nothing that ends the string or expands in it.
+CMDLINE = Pattern(r"[^\"$\\`;\n\r]*", "a kernel command line GRUB can carry", 'no " $ \\ ` ; or line breaks')
+CONSOLE = Pattern(r"tty[A-Za-z0-9]+(,[0-9]+[noe0-9]*)?", "a serial console", "e.g. ttyS1,115200")
+DTB = Pattern(r"[A-Za-z0-9_./-]+\.dtb", "a device tree path", "e.g. broadcom/bcm2837-rpi-3-b.dtb")
 
 
 @dataclass(frozen=True)
 class Config:
     """The resolved build configuration. Every key here is a valid config-file key."""
 
-    board: str = setting("qemu", "target board (see --list-boards)", cli=True)
+    board: str = setting("qemu", "target board (`python build.py boards` lists them)", cli=True)
     suite: str = setting("trixie", "Debian suite of the image", choices=SUITES, cli=True)
-    mirror: str = setting("", "Debian mirror URL (default: this host's configured Debian mirror)", cli=True)
-    security_mirror: str = setting("", "Debian security mirror URL for the image's apt sources (default: the host's)")
-    output: str = setting("out", "folder that receives the image, its report and log", cli=True)
-    image_name: str = setting("", "file name stem of the image (default: amberpi-<board>)")
-    image_id: str = setting("", "8 hex digits naming this build's partitions (default: random per build)")
-    hostname: str = setting("amberpi", "hostname of the device")
-    packages: list[str] = setting([], "extra Debian packages to install, beside package-lists/")
-    root_password_hash: str = setting("", "crypt(3) hash for root (e.g. from `openssl passwd -6`); empty: locked")
-    ssh_authorized_keys: list[str] = setting([], "SSH public keys allowed to log in as root")
-    hooks_dirs: list[str] = setting([], "extra folders of *.hook.chroot scripts, run after hooks/")
-    includes_dirs: list[str] = setting([], "extra folders copied over the rootfs, after includes/")
-    kernel_cmdline: str = setting("", "extra kernel command-line arguments")
+    mirror: str = setting("", "Debian mirror URL (default: this host's configured Debian mirror)", cli=True, pattern=URL)
+    security_mirror: str = setting("", "Debian security mirror URL for the image's apt sources (default: the host's)", pattern=URL)
+    output: str = setting("out", "folder that receives the image, its report and log", cli=True, allow_empty=False)
+    image_name: str = setting("", "file name stem of the image (default: amberpi-<board>)", pattern=NAME)
+    image_id: str = setting("", "8 hex digits naming this build's partitions (default: random per build)", pattern=HEX8)
+    hostname: str = setting("amberpi", "hostname of the device", pattern=HOSTNAME, allow_empty=False)
+    packages: list[str] = setting([], "extra Debian packages to install, beside package-lists/", item_pattern=PACKAGE)
+    root_password_hash: str = setting(
+        "", "crypt(3) hash for root (e.g. from `openssl passwd -6`); empty: locked", pattern=CRYPT_HASH, secret=True
+    )
+    ssh_authorized_keys: list[str] = setting([], "SSH public keys allowed to log in as root", item_pattern=SSH_KEY)
+    hooks_dirs: list[str] = setting([], "extra folders of *.hook.chroot scripts, run after hooks/", relative_folders=True)
+    includes_dirs: list[str] = setting([], "extra folders copied over the rootfs, after includes/", relative_folders=True)
+    kernel_cmdline: str = setting("", "extra kernel command-line arguments", pattern=CMDLINE)
+    kernel_tries: int = setting(2, "boots a newly installed kernel gets to confirm a good boot before GRUB falls back", low=1, high=9)
     squashfs_compression: str = setting("zstd", "squashfs compressor", choices=COMPRESSIONS)
-    boot_size_mib: int = setting(128, "size of p1, the FAT boot partition (MiB)")
-    kernel_size_mib: int = setting(256, "size of p3, the kernel partition (MiB)")
-    persistence_size_mib: int = setting(1024, "size of p4, the persistence partition in the image (MiB)")
+    boot_size_mib: int = setting(128, "size of p1, the FAT boot partition (MiB)", low=64, high=4096)
+    kernel_size_mib: int = setting(256, "size of p3, the kernel partition (MiB)", low=128, high=4096)
+    persistence_size_mib: int = setting(1024, "size of p4, the persistence partition in the image (MiB)", low=256, high=1 << 20)
     compress: str = setting("none", "also write the image compressed, for downloads (<name>.img.xz)", choices=IMAGE_COMPRESSIONS, cli=True)
-    cache_dir: str = setting("/var/cache/amberpi", "build cache folder", cli=True)
+    cache_dir: str = setting("/var/cache/amberpi", "build cache folder", cli=True, allow_empty=False)
     source_date_epoch: int = setting(
-        0, "the build's timestamp for every file it writes (0: the newest installed package's date; SOURCE_DATE_EPOCH sets it too)"
+        0, "the build's timestamp for every file it writes (0: the newest installed package's date; SOURCE_DATE_EPOCH sets it too)", low=0
     )
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_json(self, *, redact: bool = False) -> dict[str, Any]:
+        """Every setting; with `redact`, secrets are replaced by whether they are set."""
+        data = dataclasses.asdict(self)
+        if redact:
+            for name in SECRET_SETTINGS:
+                data[name] = "(set)" if data[name] else ""
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Config:
@@ -84,30 +160,35 @@ class Config:
 
 @dataclass(frozen=True)
 class ConfigTxtSection:
-    filter: str
-    device_tree: str
+    filter: str = setting("", "a config.txt conditional filter, e.g. pi3, pi4, pi400", allow_empty=False)
+    device_tree: str = setting("", "the device tree file that filter loads", pattern=DTB, allow_empty=False)
 
 
 @dataclass(frozen=True)
 class Board:
     """Facts about one board, from config/boards/<name>.yaml."""
 
-    name: str
-    description: str
-    firmware: str = "none"
-    serial_console: str = "ttyAMA0,115200"
-    device_trees: list[str] = field(default_factory=list)
-    uboot: str = ""
-    config_txt: list[ConfigTxtSection] = field(default_factory=list)
+    name: str = ""
+    description: str = setting("", "one line shown by `boards`", allow_empty=False)
+    firmware: str = setting("none", "boot firmware before GRUB", choices=FIRMWARES)
+    serial_console: str = setting("ttyAMA0,115200", "the serial console the kernel logs to", pattern=CONSOLE)
+    device_trees: list[str] = setting([], "device trees (from the kernel package) the board boots with", item_pattern=DTB)
+    uboot: str = setting("", "U-Boot binary from u-boot-rpi, e.g. rpi_arm64/u-boot.bin")
+    config_txt: list[ConfigTxtSection] = setting([], "config.txt sections: [{filter, device_tree}]")
 
 
 SETTING_FIELDS = {f.name: f for f in fields(Config)}
-BOARD_KEYS = {f.name for f in fields(Board)} - {"name"}
+SECRET_SETTINGS = tuple(name for name, spec in SETTING_FIELDS.items() if spec.metadata.get("secret"))
 
 
 def nearest(name: str, allowed: list[str] | tuple[str, ...]) -> str | None:
     match = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.6)
     return match[0] if match else None
+
+
+def choice_hint(value: str, allowed: list[str] | tuple[str, ...]) -> str:
+    guess = nearest(value, allowed)
+    return f"allowed: {', '.join(allowed)}" + (f"; did you mean `{guess}`?" if guess else "")
 
 
 def unknown_key_problem(file: str, key: str, allowed: list[str]) -> ConfigProblem:
@@ -117,19 +198,32 @@ def unknown_key_problem(file: str, key: str, allowed: list[str]) -> ConfigProble
 
 
 def list_boards() -> dict[str, str]:
-    """Board name → one-line description."""
+    """Board name → one-line description (unreadable board files are reported when used)."""
     boards = {}
     for path in sorted(BOARDS_DIR.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text()) or {}
-        boards[path.stem] = str(data.get("description", ""))
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            data = {}
+        boards[path.stem] = str(data.get("description", "")) if isinstance(data, dict) else ""
     return boards
 
 
 def read_yaml(path: Path, problems: list[ConfigProblem]) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         problems.append(ConfigProblem(str(path), "-", "file not found", "check the path given to --config"))
+        return {}
+    except IsADirectoryError:
+        problems.append(ConfigProblem(str(path), "-", "is a folder, not a YAML file", "give the path of a .yaml file"))
+        return {}
+    except UnicodeDecodeError as exc:
+        problems.append(ConfigProblem(str(path), "-", f"is not UTF-8 text (byte {exc.start})", "save it as UTF-8"))
+        return {}
+    except OSError as exc:
+        problems.append(ConfigProblem(str(path), "-", f"cannot be read: {exc.strerror}"))
         return {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -144,114 +238,155 @@ def read_yaml(path: Path, problems: list[ConfigProblem]) -> dict[str, Any]:
     return data
 
 
-def coerce(file: str, key: str, value: Any, problems: list[ConfigProblem]) -> Any:
-    """Check one value against its setting's type and choices; None when invalid."""
-    spec = SETTING_FIELDS[key]
-    default = Config.__dataclass_fields__[key]
-    expected = type(default.default_factory()) if default.default_factory is not dataclasses.MISSING else type(default.default)
+def field_type(owner: type, name: str) -> Any:
+    return typing.get_type_hints(owner)[name]
+
+
+def coerce(file: str, key: str, spec: dataclasses.Field[Any], expected: Any, value: Any, problems: list[ConfigProblem]) -> Any:
+    """Check one value against its setting's type and rules; None when invalid (the problem is recorded)."""
+
+    def bad(message: str, hint: str | None = None) -> None:
+        problems.append(ConfigProblem(file, key, message, hint))
+
+    meta = spec.metadata
     if expected is int:
         if isinstance(value, bool) or not isinstance(value, int):
             try:
                 value = int(str(value))
             except ValueError:
-                problems.append(ConfigProblem(file, key, f"{value!r} is not a whole number"))
+                bad(f"{value!r} is not a whole number")
                 return None
-    elif expected is list:
+        low, high = meta.get("low"), meta.get("high")
+        if low is not None and value < low and high is None:
+            bad(f"{value} is {'negative' if low == 0 else f'below {low}'}", "seconds since 1970, e.g. `date +%s`" if low == 0 else None)
+            return None
+        if (low is not None and value < low) or (high is not None and value > high):
+            bad(f"{value} is out of range", f"allowed: {low}..{high}")
+            return None
+        return value
+    if typing.get_origin(expected) is list:
+        (item_type,) = typing.get_args(expected)
+        if dataclasses.is_dataclass(item_type):
+            if not isinstance(value, list):
+                bad(f"{value!r} is not a list")
+                return None
+            items = [parse_dataclass(item_type, entry, file, f"{key}[{index}]", problems) for index, entry in enumerate(value)]
+            return None if any(item is None for item in items) else items
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            problems.append(ConfigProblem(file, key, f"{value!r} is not a list of strings"))
+            bad(f"{value!r} is not a list of strings")
             return None
-    elif expected is str:
-        if value is None:
-            value = ""
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            problems.append(ConfigProblem(file, key, f"{value!r} is not a string"))
-            return None
-        value = str(value)
-    choices = spec.metadata.get("choices")
+        rule: Pattern | None = meta.get("item_pattern")
+        failures = [message for item in value if rule and (message := rule.check(item))]
+        for message in failures:
+            bad(message, rule.hint if rule else None)
+        return None if failures else value
+    if value is None:
+        value = ""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        bad(f"{value!r} is not a string")
+        return None
+    value = str(value)
+    choices = meta.get("choices")
     if choices and value not in choices:
-        guess = nearest(str(value), choices)
-        hint = f"allowed: {', '.join(choices)}" + (f"; did you mean `{guess}`?" if guess else "")
-        problems.append(ConfigProblem(file, key, f"{value!r} is not supported", hint))
+        bad(f"{value!r} is not supported", choice_hint(value, choices))
+        return None
+    if value == "":
+        if not meta.get("allow_empty", True):
+            bad("must not be empty")
+            return None
+        return value
+    pattern: Pattern | None = meta.get("pattern")
+    if pattern and (message := pattern.check(value, secret=meta.get("secret", False))):
+        bad(message, pattern.hint)
         return None
     return value
 
 
-def validate_values(values: dict[str, Any], origins: dict[str, str], problems: list[ConfigProblem]) -> None:
-    """Cross-field and format checks that types alone do not catch."""
+def parse_dataclass(cls: Any, data: Any, file: str, prefix: str, problems: list[ConfigProblem]) -> Any:
+    """An instance of a settings dataclass from a mapping, or None (each problem recorded)."""
+    if not isinstance(data, dict):
+        problems.append(ConfigProblem(file, prefix, "must be a mapping of key: value"))
+        return None
+    specs = {f.name: f for f in fields(cls) if f.metadata}
+    values = {}
+    before = len(problems)
+    for key, raw in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in specs:
+            problems.append(unknown_key_problem(file, path, list(specs)))
+            continue
+        value = coerce(file, path, specs[key], field_type(cls, key), raw, problems)
+        if value is not None:
+            values[key] = value
+    for name, spec in specs.items():
+        if name not in data and not spec.metadata.get("allow_empty", True):
+            problems.append(ConfigProblem(file, f"{prefix}.{name}" if prefix else name, "missing", spec.metadata["help"]))
+    return None if len(problems) > before else cls(**values)
 
-    def bad(key: str, message: str, hint: str | None = None) -> None:
-        problems.append(ConfigProblem(origins.get(key, "defaults"), key, message, hint))
 
-    boards = list_boards()
-    if values["board"] not in boards:
-        guess = nearest(values["board"], list(boards))
-        hint = f"allowed: {', '.join(boards)}" + (f"; did you mean `{guess}`?" if guess else "")
-        bad("board", f"unknown board {values['board']!r}", hint)
-    if values["image_id"] and not IMAGE_ID_RE.match(values["image_id"]):
-        bad("image_id", f"{values['image_id']!r} is not 8 lowercase hex digits", "e.g. 1a2b3c4d, or leave it empty")
-    if not NAME_RE.match(values["hostname"]) or len(values["hostname"]) > 63:
-        bad("hostname", f"{values['hostname']!r} is not a valid hostname", "lowercase letters, digits, '-' and '.'")
-    if values["image_name"] and not NAME_RE.match(values["image_name"]):
-        bad("image_name", f"{values['image_name']!r} is not a valid file name stem", "lowercase letters, digits, '-', '.'")
-    for package in values["packages"]:
-        if not PACKAGE_RE.match(package):
-            bad("packages", f"{package!r} is not a Debian package name")
-    pw = values["root_password_hash"]
-    if pw and not re.match(r"^\$(1|5|6|y|gy|2[abxy]?)\$", pw):
-        bad("root_password_hash", "not a crypt(3) hash", "generate one with `openssl passwd -6`")
-    for key in values["ssh_authorized_keys"]:
-        if not re.match(r"^(ssh-|ecdsa-|sk-)\S+ \S+", key):
-            bad("ssh_authorized_keys", f"{key[:30]!r}… is not an SSH public key line")
-    for mirror_key in ("mirror", "security_mirror"):
-        if values[mirror_key] and not re.match(r"^(https?|file)://\S+$", values[mirror_key]):
-            bad(mirror_key, f"{values[mirror_key]!r} is not a URL", "e.g. http://HOST/debian")
-    if values["source_date_epoch"] < 0:
-        bad("source_date_epoch", f"{values['source_date_epoch']} is negative", "seconds since 1970, e.g. `date +%s`")
-    limits = {"boot_size_mib": (64, 4096), "kernel_size_mib": (128, 4096), "persistence_size_mib": (256, 1 << 20)}
-    for key, (low, high) in limits.items():
-        if not low <= values[key] <= high:
-            bad(key, f"{values[key]} is out of range", f"allowed: {low}..{high}")
+def load_board(name: str, problems: list[ConfigProblem] | None = None) -> Board:
+    """The board's facts; its problems go to `problems` (raised at once when none is given)."""
+    own = problems if problems is not None else []
+    path = BOARDS_DIR / f"{name}.yaml"
+    board = parse_dataclass(Board, read_yaml(path, own), str(path), "", own)
+    if board is not None and board.firmware == "raspi" and not (board.uboot and board.device_trees):
+        own.append(ConfigProblem(str(path), "uboot", "a raspi board needs `uboot` and `device_trees`"))
+    if problems is None and own:
+        raise ConfigError(own)
+    return dataclasses.replace(board, name=name) if board is not None else Board(name=name)
+
+
+Layer = tuple[str, dict[str, Any], Path | None]  # origin, values, the folder relative paths start from
+
+
+def merge_layers(layers: list[Layer], problems: list[ConfigProblem]) -> tuple[dict[str, Any], dict[str, str]]:
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for origin, data, base in layers:
+        for key, raw in data.items():
+            key = str(key)
+            if key not in SETTING_FIELDS:
+                problems.append(unknown_key_problem(origin, key, list(SETTING_FIELDS)))
+                continue
+            spec = SETTING_FIELDS[key]
+            value = coerce(origin, key, spec, field_type(Config, key), raw, problems)
+            if value is None:
+                continue
+            if spec.metadata.get("relative_folders"):
+                value = [str((base / v).resolve()) if base is not None else str(Path(v).resolve()) for v in value]
+                problems.extend(ConfigProblem(origin, key, f"{folder} is not a folder") for folder in value if not Path(folder).is_dir())
+            values[key] = value
+            origins[key] = origin
+    return values, origins
 
 
 def load_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Merge defaults, the user's file and command-line overrides; validate everything."""
+    """Merge the layers, validate everything (board file included), report all problems at once."""
     problems: list[ConfigProblem] = []
-    values: dict[str, Any] = {}
-    origins: dict[str, str] = {}
-    allowed = list(SETTING_FIELDS)
-    layers: list[tuple[str, dict[str, Any], Path | None]] = []
-    defaults_file = CONFIG_DIR / "defaults.yaml"
-    if defaults_file.exists():
-        layers.append((str(defaults_file), read_yaml(defaults_file, problems), defaults_file.parent))
+    layers: list[Layer] = []
+    if DEFAULTS_FILE.exists():
+        layers.append((str(DEFAULTS_FILE), read_yaml(DEFAULTS_FILE, problems), DEFAULTS_FILE.parent))
     if config_file is not None:
-        layers.append((str(config_file), read_yaml(config_file, problems), config_file.resolve().parent))
+        if str(config_file) == "":
+            problems.append(ConfigProblem("command line", "config", "empty path", "give --config FILE a file"))
+        else:
+            layers.append((str(config_file), read_yaml(config_file, problems), config_file.resolve().parent))
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
     if epoch:
         layers.append(("environment (SOURCE_DATE_EPOCH)", {"source_date_epoch": epoch}, None))
     if overrides:
         layers.append(("command line", {k: v for k, v in overrides.items() if v is not None}, None))
-    for origin, data, base in layers:
-        for key, raw in data.items():
-            key = str(key)
-            if key not in SETTING_FIELDS:
-                problems.append(unknown_key_problem(origin, key, allowed))
-                continue
-            value = coerce(origin, key, raw, problems)
-            if value is None:
-                continue
-            if key in ("hooks_dirs", "includes_dirs") and base is not None:
-                value = [str((base / v).resolve()) for v in value]
-            values[key] = value
-            origins[key] = origin
-    defaults = Config()
-    merged = {f: values.get(f, getattr(defaults, f)) for f in SETTING_FIELDS}
-    validate_values(merged, origins, problems)
-    for key in ("hooks_dirs", "includes_dirs"):
-        for folder in merged[key]:
-            if not Path(folder).is_dir():
-                problems.append(ConfigProblem(origins.get(key, "defaults"), key, f"{folder} is not a folder"))
+    values, origins = merge_layers(layers, problems)
+    merged = {name: values.get(name, getattr(Config(), name)) for name in SETTING_FIELDS}
+    boards = list(list_boards())
+    board = merged["board"]
+    if board not in boards:
+        origin = origins.get("board", "defaults")
+        problems.append(ConfigProblem(origin, "board", f"unknown board {board!r}", choice_hint(board, boards)))
+    else:
+        load_board(merged["board"], problems)
     if problems:
         raise ConfigError(problems)
     host_mirror, host_security = detect_host_mirrors()
@@ -264,29 +399,13 @@ def load_config(config_file: Path | None = None, overrides: dict[str, Any] | Non
     return Config(**merged)
 
 
-def load_board(name: str) -> Board:
-    path = BOARDS_DIR / f"{name}.yaml"
-    problems: list[ConfigProblem] = []
-    data = read_yaml(path, problems)
-    for key in data:
-        if key not in BOARD_KEYS:
-            problems.append(unknown_key_problem(str(path), str(key), sorted(BOARD_KEYS)))
-    if data.get("firmware", "none") not in FIRMWARES:
-        problems.append(ConfigProblem(str(path), "firmware", f"{data['firmware']!r} is not supported", f"allowed: {', '.join(FIRMWARES)}"))
-    if problems:
-        raise ConfigError(problems)
-    sections = [ConfigTxtSection(**s) for s in data.pop("config_txt", [])]
-    return Board(name=name, config_txt=sections, **data)
-
-
 def summary_lines(config: Config) -> list[str]:
-    """Each setting with its value and help, for `summary`."""
+    """Each setting with its value and help, for `summary`; secrets show only whether they are set."""
     width = max(len(n) for n in SETTING_FIELDS)
+    shown_values = config.to_json(redact=True)
     lines = []
     for name, spec in SETTING_FIELDS.items():
-        value = getattr(config, name)
+        value = shown_values[name]
         shown = json.dumps(value) if isinstance(value, list) else str(value)
-        if name == "root_password_hash" and value:
-            shown = "(set)"
         lines.append(f"{name:<{width}}  {shown:<40}  # {spec.metadata['help']}")
     return lines

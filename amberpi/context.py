@@ -1,12 +1,18 @@
-"""BuildContext: what every stage may read. Data only."""
+"""BuildContext: what the pipeline knows about one build. Data only.
+
+Only a stage's `inputs()` reads it: each stage turns it into the frozen inputs
+object its `run()` gets, so what a stage reads is exactly what its cache key holds.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from amberpi.cache import Cache
 from amberpi.config import REPO_ROOT, Board, Config
+from amberpi.identity import ImageIdentity
 
 ARCH = "arm64"
 
@@ -30,12 +36,29 @@ class Layout:
         return self.repo / "package-lists"
 
     @property
-    def templates(self) -> Path:
-        return self.repo / "amberpi" / "templates"
-
-    @property
     def device(self) -> Path:
         return self.repo / "amberpi" / "device"
+
+
+@dataclass
+class StageRecord:
+    """How one stage's artefact was obtained in this build."""
+
+    name: str
+    status: str = "pending"  # built | cached | skipped (not needed: a later stage was cached)
+    seconds: float = 0.0
+    key: str = ""
+
+
+@dataclass
+class RunRecord:
+    """The build as it happens: filled in by the pipeline, read by the release stage's report."""
+
+    stages: list[StageRecord] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
 
 
 @dataclass(frozen=True)
@@ -45,8 +68,9 @@ class BuildContext:
     workspace: Path
     cache: Cache
     output_dir: Path
+    backend: str = "native"
     layout: Layout = Layout()
-    debug_shell: bool = False
+    run_record: RunRecord = field(default_factory=RunRecord)
 
     @property
     def apt_cache(self) -> Path:
@@ -54,19 +78,5 @@ class BuildContext:
         return self.cache.root / "debs" / f"{self.config.suite}-{ARCH}"
 
     @property
-    def image_id(self) -> str:
-        return self.config.image_id
-
-    @property
-    def system_label(self) -> str:
-        """ISO9660 volume id of p2 (d-characters only)."""
-        return f"AMBERPI_SYS_{self.image_id.upper()}"
-
-    @property
-    def kernel_label(self) -> str:
-        return f"AMBERPI_KRN_{self.image_id.upper()}"
-
-    @property
-    def persistence_label(self) -> str:
-        """ext4 label of p4 (16 characters at most)."""
-        return f"amberpi-{self.image_id}"
+    def identity(self) -> ImageIdentity:
+        return ImageIdentity(self.config.image_id)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -23,7 +24,34 @@ class AmberPiError(Exception):
             lines.append(f"  where: {self.where}")
         if self.hint:
             lines.append(f"  fix:   {self.hint}")
-        return "\n".join(lines)
+        return "\n".join(lines + notes_of(self))
+
+
+def notes_of(exc: BaseException) -> list[str]:
+    """What was added to an error while unwinding (cleanup that failed too), as extra lines."""
+    return [f"  note:  {note}" for note in getattr(exc, "__notes__", [])]
+
+
+def describe(exc: BaseException) -> str:
+    return exc.what if isinstance(exc, AmberPiError) else f"{type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def cleanup_after(cleanup: Callable[[], None]) -> Iterator[None]:
+    """Run `cleanup` on the way out of the block, whatever happens.
+
+    When the block failed, a failing cleanup is added to that error as a note
+    instead of replacing it: the first error is what the user must see.
+    """
+    try:
+        yield
+    except BaseException as original:
+        try:
+            cleanup()
+        except Exception as failure:  # noqa: BLE001 - reported on the original error, never lost
+            original.add_note(f"cleaning up after this error failed too: {describe(failure)}")
+        raise
+    cleanup()
 
 
 class UsageError(AmberPiError):
@@ -68,7 +96,7 @@ class ConfigError(AmberPiError):
         lines = [f"error: {self.what}:"]
         lines += [f"  - {problem}" for problem in self.problems]
         lines.append(f"  fix:   {self.hint}")
-        return "\n".join(lines)
+        return "\n".join(lines + notes_of(self))
 
 
 class ToolError(AmberPiError):
@@ -102,7 +130,7 @@ class ToolError(AmberPiError):
             lines.append(f"  full log: {self.log}")
         if self.hint:
             lines.append(f"  fix:   {self.hint}")
-        return "\n".join(lines)
+        return "\n".join(lines + notes_of(self))
 
 
 class ToolMissing(AmberPiError):

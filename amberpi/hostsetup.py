@@ -1,18 +1,18 @@
-"""Make the native host able to build: Debian tools via apt, arm64 emulation via binfmt_misc."""
+"""Make the native host able to build: the stages' tools via apt, arm64 emulation via binfmt_misc."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from amberpi.errors import AmberPiError, BackendError, ToolMissing, UsageError
-from amberpi.hostpackages import HOST_PACKAGES
 from amberpi.log import LOG
-from amberpi.run import TOOL_PACKAGES, run
+from amberpi.run import run
+from amberpi.tools import missing_tools, package_of, packages_for
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
-HOST_TOOLS = ("debootstrap", "mksquashfs", "mkfs.vfat", "mcopy", "mkfs.ext4", "sfdisk", "chroot", "dpkg-deb", "apt-get")
 
 
 def require_root() -> None:
@@ -23,26 +23,11 @@ def require_root() -> None:
         )
 
 
-def missing_tools(tools: tuple[str, ...] | list[str]) -> list[str]:
-    return [tool for tool in tools if shutil.which(tool) is None]
-
-
-def missing_packages() -> list[str]:
-    missing = []
-    for package in HOST_PACKAGES:
-        try:
-            status = run(["dpkg-query", "-W", "-f", "${Status}", package], capture=True, label="dpkg-query", ok=(0, 1))
-        except AmberPiError:
-            status = ""
-        if "install ok installed" not in status:
-            missing.append(package)
-    return missing
-
-
-def install_host_packages(packages: list[str]) -> None:
+def install_tools(tools: list[str]) -> None:
+    """Install the Debian packages of these tools with apt."""
+    packages = packages_for(tools)
     if shutil.which("apt-get") is None:
-        tool = next((t for t, p in TOOL_PACKAGES.items() if p == packages[0]), packages[0])
-        raise ToolMissing(tool, packages[0])
+        raise ToolMissing(tools[0], package_of(tools[0]))
     LOG.note(f"Installing host packages: {' '.join(packages)}")
     try:
         run(["apt-get", "-q", "update"], label="apt-host")
@@ -117,13 +102,14 @@ def ensure_arm64_emulation(*, fix: bool = True) -> None:
     raise BackendError(problem, hint=hint)
 
 
-def prepare_native_host() -> None:
+def prepare_native_host(tools: Iterable[str]) -> None:
+    """Root, every tool the stages declared (installing their packages when missing), arm64 emulation."""
     require_root()
-    packages = missing_packages()
-    if packages:
-        install_host_packages(packages)
-    still_missing = missing_tools(HOST_TOOLS)
+    tools = list(tools)
+    absent = missing_tools(tools)
+    if absent:
+        install_tools(absent)
+    still_missing = missing_tools(tools)
     if still_missing:
-        tool = still_missing[0]
-        raise ToolMissing(tool, TOOL_PACKAGES.get(tool, tool))
+        raise ToolMissing(still_missing[0], package_of(still_missing[0]))
     ensure_arm64_emulation()

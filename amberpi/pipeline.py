@@ -1,47 +1,50 @@
-"""The build, top to bottom: preflight every stage, then run or reuse each in order."""
+"""The build, top to bottom: plan every stage, check them all, then reuse or run each in order.
+
+The pipeline knows stages only through the contract (amberpi/stages/base.py): it
+asks each for its inputs, keys them, reports every preflight problem before any
+work, resolves the last stage's artefact (building or reusing what it needs), and
+publishes the files that stage names into the output folder.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amberpi import __version__
 from amberpi.cache import Cache, Incremental, locked, stage_key
 from amberpi.config import Config, load_board
-from amberpi.context import BuildContext
-from amberpi.errors import CacheError, UsageError
-from amberpi.files import sha256_file
+from amberpi.context import BuildContext, RunRecord, StageRecord
+from amberpi.errors import CacheError, UsageError, cleanup_after
 from amberpi.log import LOG, format_duration
-from amberpi.mounts import remove_tree
-from amberpi.render import write_rendered
-from amberpi.run import run
 from amberpi.stages import STAGES
-from amberpi.stages.base import Artefact, Stage
+from amberpi.stages.base import Artefact, Stage, stage_inputs_key
+from amberpi.tools import missing_tools, package_of
+from amberpi.trees import move_file, remove_tree
 
 WORKSPACE_ROOT = Path("/var/tmp")
 
 
 @dataclass
-class StageRecord:
-    name: str
-    status: str = "pending"  # built | cached | skipped
-    seconds: float = 0.0
-    key: str = ""
+class PlannedStage:
+    stage: Stage[Any]
+    inputs: Any
+    key: str
+    manifest: dict[str, Any]
+    record: StageRecord
 
 
 @dataclass
 class BuildResult:
     image: Path
     report: Path
-    records: list[StageRecord] = field(default_factory=list)
+    records: list[StageRecord]
 
 
 def check_output_dir(output: Path) -> None:
@@ -49,8 +52,6 @@ def check_output_dir(output: Path) -> None:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the output folder {output}: {exc.strerror}", hint="choose another with --output") from None
-    if not os.access(output, os.W_OK):
-        raise UsageError(f"the output folder {output} is not writable", hint="fix its permissions or choose another with --output")
     probe = output / f".amberpi-write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
@@ -59,220 +60,241 @@ def check_output_dir(output: Path) -> None:
         raise UsageError(f"the output folder {output} is not writable: {exc.strerror}", hint="choose another with --output") from None
 
 
+def host_tools(stages: list[Stage[Any]] = STAGES) -> list[str]:
+    """Every host tool the stages declare: what the host must have to build."""
+    return sorted({tool for stage in stages for tool in stage.tools})
+
+
 class Pipeline:
     def __init__(
-        self, config: Config, *, incremental: Incremental = Incremental.yes, keep_workspace: bool = False, backend: str = "native"
+        self,
+        config: Config,
+        *,
+        incremental: Incremental = Incremental.yes,
+        keep_workspace: bool = False,
+        backend: str = "native",
+        stages: list[Stage[Any]] = STAGES,
     ) -> None:
         self.config = config
-        self.backend = backend
         self.board = load_board(config.board)
         self.incremental = incremental
         self.keep_workspace = keep_workspace
-        self.stages: dict[str, Stage] = {stage.name: stage for stage in STAGES}
-        self.records: dict[str, StageRecord] = {name: StageRecord(name) for name in self.stages}
-        self.keys: dict[str, str] = {}
-        self.manifests: dict[str, dict[str, Any]] = {}
-        self.artefacts: dict[str, Artefact] = {}
+        self.backend = backend
+        self.stages = {stage.name: stage for stage in stages}
         self.output_dir = Path(config.output).resolve()
+        self.run_record = RunRecord()
+        self.plan: dict[str, PlannedStage] = {}
+        self.artefacts: dict[str, Artefact] = {}
+        self.timings: dict[str, float] = {}
+        self.actions: dict[str, str] = {}
 
-    def make_context(self, workspace: Path, cache: Cache) -> BuildContext:
-        return BuildContext(config=self.config, board=self.board, workspace=workspace, cache=cache, output_dir=self.output_dir)
+    # --- planning ------------------------------------------------------------------------
 
-    def compute_keys(self, ctx: BuildContext) -> None:
+    def context(self, workspace: Path, cache: Cache) -> BuildContext:
+        return BuildContext(
+            config=self.config,
+            board=self.board,
+            workspace=workspace,
+            cache=cache,
+            output_dir=self.output_dir,
+            backend=self.backend,
+            run_record=self.run_record,
+        )
+
+    def make_plan(self, build: BuildContext) -> None:
+        """Each stage's inputs and key, in order: a key chains the keys of what the stage reads."""
         for name, stage in self.stages.items():
-            upstream = {need: self.keys[need] for need in stage.needs}
-            self.keys[name], self.manifests[name] = stage_key(name, stage.version, stage.key_inputs(ctx), upstream)
-            self.records[name].key = self.keys[name]
+            inputs = stage.inputs(build)
+            upstream = {need: self.plan[need].key for need in (*stage.needs, *stage.uses_facts)}
+            key, manifest = stage_key(name, stage.version, stage_inputs_key(stage, inputs), upstream)
+            record = StageRecord(name, key=key)
+            self.plan[name] = PlannedStage(stage, inputs, key, manifest, record)
+        self.run_record.stages = [planned.record for planned in self.plan.values()]
 
-    def preflight(self, ctx: BuildContext) -> None:
+    def preflight(self) -> None:
+        """Every stage's problems, missing host tools included, all at once, before any work."""
         problems = []
-        for stage in self.stages.values():
-            problems += stage.preflight(ctx)
+        for name, planned in self.plan.items():
+            for tool in missing_tools(planned.stage.tools):
+                problems.append(f"stage {name}: host tool `{tool}` is missing (install the Debian package `{package_of(tool)}`)")
+            problems += [f"stage {name}: {problem}" for problem in planned.stage.preflight(planned.inputs)]
         if problems:
-            raise UsageError("preflight found problems:\n  - " + "\n  - ".join(problems))
+            raise UsageError("preflight found problems:\n  - " + "\n  - ".join(problems), hint="fix them, then build again")
 
     def validate(self) -> None:
-        """Config and host checks only: nothing is built or written."""
+        """Config, host and inputs checks only: nothing is built or written."""
         check_output_dir(self.output_dir)
-        ctx = self.make_context(WORKSPACE_ROOT, Cache(Path(self.config.cache_dir), self.incremental))
-        self.preflight(ctx)
-        self.compute_keys(ctx)
+        self.make_plan(self.context(WORKSPACE_ROOT, Cache(Path(self.config.cache_dir), self.incremental)))
+        self.preflight()
+
+    # --- building ------------------------------------------------------------------------
 
     def build(self) -> BuildResult:
         check_output_dir(self.output_dir)
         cache = Cache(Path(self.config.cache_dir), self.incremental)
-        image = self.output_dir / f"{self.config.name}.img"
         with locked(self.output_dir / ".amberpi.lock", f"the output folder {self.output_dir}"), self.workspace() as workspace:
             LOG.open_log(workspace / "build.log")
-            ctx = self.make_context(workspace, cache)
-            self.preflight(ctx)
-            self.compute_keys(ctx)
+            self.make_plan(self.context(workspace, cache))
+            self.preflight()
             self.timings = cache.load_timings()
-            self.started = time.monotonic()
+            self.run_record.started = time.monotonic()
             with locked(cache.root / ".lock", f"the cache {cache.root}"):
-                self.resolve(ctx, "disk")
-            cache.save_timings({r.name: r.seconds for r in self.records.values() if r.status == "built"})
-            return self.publish(ctx, image)
+                self.actions = self.schedule(cache)
+                final = self.execute(self.actions, cache, workspace)
+            cache.save_timings({r.name: r.seconds for r in self.run_record.stages if r.status == "built"})
+            published = self.publish(final)
+            LOG.note(f"Image: {published[0]} ({final.facts.get('summary', '')})")
+            LOG.note(
+                f"Done in {format_duration(self.run_record.elapsed())}: "
+                + ", ".join(f"{r.name} {r.status}" for r in self.run_record.stages)
+            )
+            self.keep_log()
+            report = next((path for path in published if path.name.endswith(".report.json")), published[-1])
+            return BuildResult(published[0], report, list(self.run_record.stages))
 
     @contextmanager
     def workspace(self) -> Iterator[Path]:
         WORKSPACE_ROOT.mkdir(parents=True, exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix="amberpi-", dir=WORKSPACE_ROOT))
-        try:
-            yield path
-        except BaseException:
-            if LOG.log_path and LOG.log_path.exists():
-                failed_log = self.output_dir / f"{self.config.name}.build.log"
-                shutil.copy2(LOG.log_path, failed_log)
-                LOG.log_path = failed_log
-            raise
-        finally:
+
+        def tidy() -> None:
             LOG.close_log()
             if self.keep_workspace:
                 LOG.note(f"workspace kept at {path}")
             else:
                 remove_tree(path)
 
-    def resolve(self, ctx: BuildContext, name: str) -> Artefact:
-        """The artefact of stage `name`: from the cache, or built from its upstreams."""
-        if name in self.artefacts:
-            return self.artefacts[name]
-        stage = self.stages[name]
-        key = self.keys[name]
+        with cleanup_after(tidy):
+            try:
+                yield path
+            except BaseException:
+                self.keep_log()
+                raise
+
+    def keep_log(self) -> None:
+        """The build log goes beside the image (and beside no image when the build failed)."""
+        if LOG.log_path and LOG.log_path.exists() and LOG.log_path.parent != self.output_dir:
+            target = self.output_dir / f"{self.config.name}.build.log"
+            shutil.copy2(LOG.log_path, target)
+            LOG.log_path = target
+
+    def schedule(self, cache: Cache) -> dict[str, str]:
+        """What each stage must do, decided from the last stage back, before any runs.
+
+        "cached": its output is in the cache; "build": it runs; "facts": only its facts
+        are needed and a build with the same key recorded them; absent: not needed
+        (a later stage was cached), so it is skipped.
+        """
+        actions: dict[str, str] = {}
+
+        def need_output(name: str) -> None:
+            if actions.get(name) in ("cached", "build"):
+                return
+            planned = self.plan[name]
+            if planned.stage.cached:
+                if cache.lookup(name, planned.key) is not None:
+                    actions[name] = "cached"
+                    return
+                if self.incremental is Incremental.strict:
+                    raise CacheError(
+                        f"stage {name} is not cached and --incremental=strict forbids building it",
+                        where=cache.explain_miss(name, planned.manifest),
+                        hint="build once without --incremental=strict",
+                    )
+            actions[name] = "build"
+            for other in planned.stage.needs:
+                need_output(other)
+            for other in planned.stage.uses_facts:
+                need_facts(other)
+
+        def need_facts(name: str) -> None:
+            if name not in actions and cache.load_facts(name, self.plan[name].key) is not None:
+                actions[name] = "facts"
+            elif name not in actions:
+                need_output(name)
+
+        need_output(list(self.plan)[-1])
+        return actions
+
+    def execute(self, actions: dict[str, str], cache: Cache, workspace: Path) -> Artefact:
+        """Run the schedule top to bottom; returns the last stage's artefact."""
+        for name, planned in self.plan.items():
+            action = actions.get(name)
+            if action == "cached":
+                planned.record.status = "cached"
+                self.announce(planned, "cached")
+                self.keep(name, Artefact.load(cache.entry(name, planned.key)), cache)
+            elif action == "facts":
+                planned.record.status = "skipped"
+                self.artefacts[name] = Artefact(None, cache.load_facts(name, planned.key) or {})
+            elif action == "build":
+                upstream = {other: self.artefacts[other] for other in (*planned.stage.needs, *planned.stage.uses_facts)}
+                self.announce(planned, "start")
+                if planned.stage.cached:
+                    LOG.detail(f"cache miss for {name}: {cache.explain_miss(name, planned.manifest)}")
+                started = time.monotonic()
+                artefact = self.run_stage(planned, upstream, cache, workspace)
+                planned.record.status, planned.record.seconds = "built", time.monotonic() - started
+                self.announce(planned, "done")
+                self.keep(name, artefact, cache)
+            else:
+                planned.record.status = "skipped"
+        return self.artefacts[list(self.plan)[-1]]
+
+    def run_stage(self, planned: PlannedStage, upstream: Mapping[str, Artefact], cache: Cache, workspace: Path) -> Artefact:
+        stage = planned.stage
         if stage.cached:
-            hit = ctx.cache.lookup(name, key)
-            if hit is not None:
-                self.mark_skipped_upstream(stage)
-                self.announce(stage, ctx, "cached")
-                self.records[name].status = "cached"
-                self.artefacts[name] = Artefact.load(hit)
-                return self.artefacts[name]
-            if self.incremental is Incremental.strict:
-                raise CacheError(
-                    f"stage {name} is not cached and --incremental=strict forbids building it",
-                    where=ctx.cache.explain_miss(name, self.manifests[name]),
-                    hint="build once without --incremental=strict",
-                )
-        upstream = {need: self.resolve(ctx, need) for need in stage.needs}
-        self.announce(stage, ctx, "start")
-        if stage.cached:
-            LOG.detail(f"cache miss for {name}: {ctx.cache.explain_miss(name, self.manifests[name])}")
-        started = time.monotonic()
-        if stage.cached:
-            with ctx.cache.staging(name, key, self.manifests[name]) as out:
-                artefact = stage.run(ctx, upstream, out)
-                artefact.save()
-            artefact = Artefact.load(ctx.cache.entry(name, key))
-        else:
-            out = ctx.workspace / name
-            out.mkdir(parents=True, exist_ok=True)
-            artefact = stage.run(ctx, upstream, out)
-            artefact.save()
-        record = self.records[name]
-        record.status, record.seconds = "built", time.monotonic() - started
-        self.announce(stage, ctx, "done")
-        self.artefacts[name] = artefact
+            with cache.staging(stage.name, planned.key, planned.manifest) as out:
+                stage.run(planned.inputs, upstream, out).save()
+            return Artefact.load(cache.entry(stage.name, planned.key))
+        out = workspace / stage.name
+        out.mkdir(parents=True, exist_ok=True)
+        artefact = stage.run(planned.inputs, upstream, out)
+        artefact.save()
         return artefact
 
-    def mark_skipped_upstream(self, stage: Stage) -> None:
-        for need in stage.needs:
-            if self.records[need].status == "pending":
-                self.records[need].status = "skipped"
-                self.mark_skipped_upstream(self.stages[need])
+    def keep(self, name: str, artefact: Artefact, cache: Cache) -> Artefact:
+        self.artefacts[name] = artefact
+        cache.save_facts(name, self.plan[name].key, artefact.facts)
+        return artefact
 
-    def stage_title(self, stage: Stage, ctx: BuildContext) -> str:
-        from amberpi.stages.customize import hook_files
-        from amberpi.stages.packages import wanted_packages
-
-        return stage.title.format(
-            suite=ctx.config.suite,
-            count=len(wanted_packages(ctx)) if stage.name == "packages" else len(hook_files(ctx)),
-            compression=ctx.config.squashfs_compression,
-            firmware=", Pi firmware, U-Boot" if ctx.board.firmware == "raspi" else "",
-        )
-
-    def announce(self, stage: Stage, ctx: BuildContext, event: str) -> None:
-        order = list(self.stages)
-        position = f"[{order.index(stage.name) + 1}/{len(order)}]"
-        elapsed = format_duration(time.monotonic() - self.started)
-        record = self.records[stage.name]
+    def announce(self, planned: PlannedStage, event: str) -> None:
+        order = list(self.plan)
+        name = planned.stage.name
+        position = f"[{order.index(name) + 1:>{len(str(len(order)))}}/{len(order)}]"
+        record = planned.record
         if event == "start":
-            remaining = [n for n in order[order.index(stage.name) :] if self.records[n].status == "pending"]
+            remaining = [n for n in order[order.index(name) :] if self.actions.get(n) == "build"]
             known = [self.timings[n] for n in remaining if n in self.timings]
             eta = f", ETA {format_duration(sum(known))}" if known and len(known) == len(remaining) else ""
-            LOG.note(f"{position} {stage.name:<11} {self.stage_title(stage, ctx)} … (elapsed {elapsed}{eta})")
+            elapsed = format_duration(self.run_record.elapsed())
+            LOG.note(f"{position} {name:<11} {planned.stage.title(planned.inputs)} … (elapsed {elapsed}{eta})")
         elif event == "done":
-            LOG.note(f"{position} {stage.name:<11} built in {format_duration(record.seconds)}")
+            LOG.note(f"{position} {name:<11} built in {format_duration(record.seconds)}")
         else:
-            LOG.note(f"{position} {stage.name:<11} cached ({self.keys[stage.name][:12]})")
+            LOG.note(f"{position} {name:<11} cached ({planned.key[:12]})")
 
-    def publish(self, ctx: BuildContext, image: Path) -> BuildResult:
-        """Move the image into the output folder atomically, with its report and log."""
-        disk = self.artefacts["disk"]
-        squash = self.artefacts["squash"]
-        partial = image.with_name(f".{image.name}.partial")
-        compressed_partial = partial.with_name(partial.name + ".xz")
-        compressed = image.with_name(image.name + ".xz")
-        compressed_sums = compressed.with_name(compressed.name + ".sha256")
-        try:
-            shutil.move(str(disk.path / "disk.img"), partial)
-            digest = sha256_file(partial)
-            write_rendered(image.with_name(image.name + ".sha256"), "sha256sum.j2", digest=digest, name=image.name)
-            report = self.report(ctx, image, digest)
-            packages = self.output_dir / f"{self.config.name}.packages"
-            write_rendered(packages, "packages.j2", packages=squash.meta["packages"])
-            report["packages"] = {"file": packages.name, "sha256": sha256_file(packages)}
-            if self.config.compress == "xz":
-                LOG.note(f"compressing the image: {compressed.name}")
-                # xz keeps the sparse partial and writes its .xz beside it; all cores.
-                run(["xz", "-6", "-T0", "-k", "-f", str(partial)], label="xz")
-                xz_digest = sha256_file(compressed_partial)
-                write_rendered(compressed_sums, "sha256sum.j2", digest=xz_digest, name=compressed.name)
-                report["compressed"] = {"file": compressed.name, "bytes": compressed_partial.stat().st_size, "sha256": xz_digest}
-            report_path = self.output_dir / f"{self.config.name}.report.json"
-            report_path.write_text(json.dumps(report, indent=2) + "\n")
-            log_target = self.output_dir / f"{self.config.name}.build.log"
-            if LOG.log_path:
-                shutil.copy2(LOG.log_path, log_target)
-            if compressed_partial.exists():
-                os.replace(compressed_partial, compressed)
-            else:
-                # An older build's download would no longer match this image.
-                for stale in (compressed, compressed_sums):
-                    stale.unlink(missing_ok=True)
-            os.replace(partial, image)
-        finally:
-            for leftover in (partial, compressed_partial):
-                if leftover.exists():
-                    leftover.unlink()
-        sizes = f"{disk.meta['image_bytes'] >> 20} MiB, squashfs {squash.meta['squashfs_bytes'] >> 20} MiB"
-        LOG.note(f"Image: {image} ({sizes}, kernel {squash.meta['kernel_version']})")
-        LOG.note(
-            f"Done in {format_duration(time.monotonic() - self.started)}: "
-            + ", ".join(f"{r.name} {r.status}" for r in self.records.values())
-        )
-        return BuildResult(image, report_path, list(self.records.values()))
+    # --- publishing ----------------------------------------------------------------------
 
-    def report(self, ctx: BuildContext, image: Path, digest: str) -> dict[str, Any]:
-        squash = self.artefacts["squash"]
-        return {
-            "amberpi_version": __version__,
-            "image": image.name,
-            "sha256": digest,
-            "image_bytes": self.artefacts["disk"].meta["image_bytes"],
-            "image_id": ctx.image_id,
-            "board": ctx.board.name,
-            "backend": self.backend,
-            "suite": ctx.config.suite,
-            "mirror": ctx.config.mirror,
-            "kernel_version": squash.meta["kernel_version"],
-            "package_count": squash.meta["package_count"],
-            "source_date_epoch": squash.meta["source_date_epoch"],
-            "initramfs": squash.meta.get("initramfs", "built"),
-            "squashfs_bytes": squash.meta["squashfs_bytes"],
-            "layout": self.artefacts["disk"].meta["layout"],
-            "labels": {"system": ctx.system_label, "kernel": ctx.kernel_label, "persistence": ctx.persistence_label},
-            "stages": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 1), "key": r.key} for r in self.records.values()],
-            "total_seconds": round(time.monotonic() - self.started, 1),
-            "config": {k: v for k, v in self.config.to_json().items() if k != "root_password_hash"},
-        }
+    def publish(self, final: Artefact) -> list[Path]:
+        """Move the files the last stage names into the output folder, the first (the image) first.
+
+        Each is copied in beside its target first (keeping holes), then all are renamed
+        in quick succession; sidecars of an earlier build are removed before the image is
+        replaced, so a checksum never describes another image.
+        """
+        names: list[str] = list(final.facts["publish"])
+        for stale in [*final.facts.get("withdraw", []), *names[1:]]:
+            (self.output_dir / stale).unlink(missing_ok=True)
+        partials = {name: self.output_dir / f".{name}.partial" for name in names}
+
+        def remove_partials() -> None:
+            for partial in partials.values():
+                partial.unlink(missing_ok=True)
+
+        with cleanup_after(remove_partials):
+            for name, partial in partials.items():
+                move_file(final.folder / name, partial)
+            for name, partial in partials.items():
+                os.replace(partial, self.output_dir / name)
+        return [self.output_dir / name for name in names]

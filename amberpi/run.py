@@ -9,42 +9,21 @@ from __future__ import annotations
 
 import collections
 import os
+import select
 import shlex
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from plumbum import local
 from plumbum.commands.processes import CommandNotFound
 
 from amberpi.errors import ToolError, ToolMissing
 from amberpi.log import LOG
-
-# Which Debian package provides each host tool we call.
-TOOL_PACKAGES: dict[str, str] = {
-    "debootstrap": "debootstrap",
-    "chroot": "coreutils",
-    "mount": "mount",
-    "umount": "mount",
-    "mksquashfs": "squashfs-tools",
-    "unsquashfs": "squashfs-tools",
-    "mkfs.vfat": "dosfstools",
-    "mcopy": "mtools",
-    "mmd": "mtools",
-    "mdir": "mtools",
-    "mkfs.ext4": "e2fsprogs",
-    "debugfs": "e2fsprogs",
-    "sfdisk": "fdisk",
-    "apt-get": "apt",
-    "dpkg-deb": "dpkg",
-    "qemu-aarch64-static": "qemu-user-static",
-    "qemu-system-aarch64": "qemu-system-arm",
-    "xorriso": "xorriso",
-    "shellcheck": "shellcheck",
-    "xz": "xz-utils",
-    "zstd": "zstd",
-}
+from amberpi.tools import TOOL_PACKAGES
 
 TAIL_LINES = 40
 
@@ -58,6 +37,12 @@ EMULATED_CPU = "cortex-a72"
 _RUNNING: set[subprocess.Popen[bytes]] = set()
 
 
+# Passed through from the build's environment: they change how packages are fetched, not
+# what is built, so no cache key holds them. SOURCE_DATE_EPOCH is not among them: a stage
+# that uses the build's timestamp passes it itself, from its keyed inputs.
+PASSED_THROUGH = ("http_proxy", "https_proxy", "no_proxy")
+
+
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A child environment built explicitly rather than inherited wholesale."""
     env = {
@@ -68,7 +53,7 @@ def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         "TERM": "dumb",
         "QEMU_CPU": os.environ.get("QEMU_CPU", EMULATED_CPU),
     }
-    for name in ("SOURCE_DATE_EPOCH", "http_proxy", "https_proxy", "no_proxy"):
+    for name in PASSED_THROUGH:
         if name in os.environ:
             env[name] = os.environ[name]
     if extra:
@@ -96,43 +81,36 @@ def run(
     hint: str | None = None,
     tool_log: Path | None = None,
 ) -> str:
-    """Run argv, stream its output to the log, return stdout when `capture`."""
+    """Run argv, stream its output to the log, return stdout when `capture`.
+
+    The child gets exactly base_env(env): nothing else of this process's environment.
+    """
     args = [str(a) for a in argv]
     label = label or Path(args[0]).name
-    try:
-        command = local[args[0]][args[1:]]
-    except CommandNotFound:
-        raise ToolMissing(args[0], TOOL_PACKAGES.get(Path(args[0]).name, args[0])) from None
+    program = args[0] if "/" in args[0] else which(args[0])
+    if program is None:
+        raise ToolMissing(args[0], TOOL_PACKAGES.get(Path(args[0]).name, args[0]))
     LOG.command(shlex.join(args))
-    child_env = base_env(env)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    captured: list[str] = []
-    process = command.popen(
+    process = subprocess.Popen(
+        [program, *args[1:]],
         stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE if capture else subprocess.STDOUT,
         cwd=str(cwd) if cwd else None,
-        env=child_env,
+        env=base_env(env),
         start_new_session=True,
     )
     _RUNNING.add(process)
     try:
-        assert process.stdout
-        if capture:
-            out, err = process.communicate(input)
-            captured.append(out.decode(errors="replace"))
-            for line in err.decode(errors="replace").splitlines():
-                tail.append(line)
-                LOG.tool_line(label, line)
-        else:
-            if input is not None:
-                assert process.stdin
+        if input is not None:
+            assert process.stdin
+            try:
                 process.stdin.write(input)
                 process.stdin.close()
-            for raw in process.stdout:
-                line = raw.decode(errors="replace").rstrip("\n")
-                tail.append(line)
-                LOG.tool_line(label, line)
+            except BrokenPipeError:
+                pass  # the tool stopped reading; its exit status tells what happened
+        captured = pump(process, label, tail, capture)
         code = process.wait()
     except BaseException:
         stop_process(process)
@@ -143,7 +121,66 @@ def run(
         if tool_log and tool_log.exists():
             tail.extend(tool_log.read_text(errors="replace").splitlines()[-TAIL_LINES:])
         raise ToolError(args, code, list(tail), LOG.log_path, where=where, hint=hint)
-    return "".join(captured)
+    return captured
+
+
+# After the command itself has exited, how long what it left behind may keep writing
+# to its output before it is stopped: a hook that starts a daemon must not hang the build.
+LINGER_SECONDS = 3.0
+
+
+def pump(process: subprocess.Popen[bytes], label: str, tail: collections.deque[str], capture: bool) -> str:
+    """Log the child's output line by line (stderr when capturing stdout) until it ends.
+
+    Ends when every writer has closed the pipes, or LINGER_SECONDS after the command
+    exited: then whatever it left running in its process group is killed.
+    """
+    assert process.stdout is not None
+    streams: dict[IO[bytes], bytearray] = {process.stdout: bytearray()}
+    if capture and process.stderr:
+        streams[process.stderr] = bytearray()
+    captured = bytearray()
+    log_stream = process.stderr if capture else process.stdout
+    exited_at: float | None = None
+    while streams:
+        if exited_at is None and process.poll() is not None:
+            exited_at = time.monotonic()
+        if exited_at is not None and time.monotonic() - exited_at > LINGER_SECONDS:
+            kill_group(process.pid)
+            if time.monotonic() - exited_at > LINGER_SECONDS + 2:
+                break  # a writer left its process group: stop listening rather than hang
+        ready, _, _ = select.select(list(streams), [], [], 0.2)
+        for stream in ready:
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                del streams[stream]
+                continue
+            if stream is not log_stream:
+                captured += chunk
+                continue
+            buffer = streams[stream]
+            buffer += chunk
+            *lines, rest = bytes(buffer).split(b"\n")
+            streams[stream] = bytearray(rest)
+            for raw in lines:
+                log_line(label, raw, tail)
+    for stream, buffer in streams.items():
+        if buffer and stream is log_stream:
+            log_line(label, bytes(buffer), tail)
+    return captured.decode(errors="replace")
+
+
+def log_line(label: str, raw: bytes, tail: collections.deque[str]) -> None:
+    line = raw.decode(errors="replace").rstrip("\r")
+    tail.append(line)
+    LOG.tool_line(label, line)
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:

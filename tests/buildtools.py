@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from amberpi.vm import VM
 from tests.conftest import REPO, TEST_PASSWORD, write_test_config
 from tests.measurements import record
+from tests.vm import VM
 
 HOOK_NAME = "9999-test.hook.chroot"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -48,3 +49,18 @@ def squashfs_cat(squashfs: Path, path: str) -> bytes:
 def squashfs_list(squashfs: Path) -> set[str]:
     out = subprocess.run(["unsquashfs", "-lc", "-d", "", str(squashfs)], capture_output=True, text=True, check=True).stdout
     return {line.strip().lstrip("/") for line in out.splitlines() if line.strip().strip("/")}
+
+
+def sha256_range(path: Path, offset: int, length: int) -> str:
+    """The digest of `length` bytes of a file from `offset`: one partition of a disk image."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        remaining = length
+        while remaining > 0:
+            chunk = handle.read(min(4 << 20, remaining))
+            if not chunk:
+                break
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest.hexdigest()

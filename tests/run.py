@@ -18,22 +18,26 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import build  # noqa: E402 - the front door's venv helper, shared on purpose
-from amberpi.hostpackages import HOST_PACKAGES as BUILD_PACKAGES  # noqa: E402 - standard library only
+from amberpi.tools import missing_tools, packages_for  # noqa: E402 - standard library only
 
-# What the tests use beyond the build's own host tools (the build installs those).
-TEST_PACKAGES = (
-    "qemu-system-arm",
-    "qemu-efi-aarch64",
+# What the tests call beyond the build's own tools (those the stages declare), each
+# mapped to its Debian package by the one table in amberpi/tools.py.
+TEST_TOOLS = (
+    "qemu-system-aarch64",
+    "/usr/share/AAVMF/AAVMF_CODE.fd",
     "shellcheck",
     "dash",
     "busybox",
     "openssl",
     "xorriso",
-    "grub-common",
+    "grub-editenv",
+    "grub-script-check",
     # Runs the real grub.cfg against file-backed disks (tests/unit/test_grub_logic.py).
     "grub-emu",
-    "apt-utils",
-    "docker.io",
+    "apt-ftparchive",
+    "unsquashfs",
+    "e2fsck",
+    "dockerd",
 )
 # Order matters: fast checks first, then the shared image build, then booting it.
 SUITES = ["tests/unit", "tests/device", "tests/integration", "tests/boot"]
@@ -45,17 +49,15 @@ LIGHT_SUITES = ("tests/unit", "tests/device")
 SUITE_DISK_GIB = 16
 
 
-def missing(packages: tuple[str, ...]) -> list[str]:
-    absent = []
-    for package in packages:
-        result = subprocess.run(["dpkg-query", "-W", "-f", "${Status}", package], capture_output=True, text=True)
-        if "install ok installed" not in result.stdout:
-            absent.append(package)
-    return absent
+def build_tools(python: Path) -> list[str]:
+    """The host tools the build's stages declare (amberpi/pipeline.py host_tools), asked of the venv."""
+    query = "import amberpi.pipeline as p; print('\\n'.join(p.host_tools()))"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([str(python), "-P", "-c", query], capture_output=True, text=True, check=True, env=env).stdout.split()
 
 
-def install_host_packages() -> None:
-    absent = missing(TEST_PACKAGES + BUILD_PACKAGES)
+def install_host_packages(tools: list[str]) -> None:
+    absent = packages_for(missing_tools(tools))
     if not absent:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -93,8 +95,8 @@ def main() -> int:
     if shortfall:
         print(shortfall, file=sys.stderr)
         return 2
-    install_host_packages()
     python = build.ensure_venv([REPO / "requirements.txt", REPO / "requirements-test.txt"])
+    install_host_packages([*TEST_TOOLS, *build_tools(python)])
     return subprocess.run([str(python), "-m", "pytest", *args], cwd=REPO).returncode
 
 

@@ -24,11 +24,12 @@ from amberpi.backends.engine import api_error, diagnose
 from amberpi.cache import canonical
 from amberpi.config import REPO_ROOT
 from amberpi.errors import BackendError, ToolMissing, UsageError
-from amberpi.hostpackages import HOST_PACKAGES
 from amberpi.log import LOG
 from amberpi.mirror import detect_host_mirrors
-from amberpi.mounts import remove_tree
+from amberpi.pipeline import host_tools
 from amberpi.run import run, which
+from amberpi.tools import packages_for
+from amberpi.trees import remove_tree
 
 LABEL = "io.amberpi.role"
 BASE_SUITE = "bookworm"  # the Debian release the project supports as a build host
@@ -159,7 +160,7 @@ def builder_inputs() -> tuple[dict[str, bytes], dict[str, str]]:
     buildargs = {
         "BASE_IMAGE": BASE_IMAGE,
         "SUITE": BASE_SUITE,
-        "HOST_PACKAGES": " ".join(HOST_PACKAGES),
+        "HOST_PACKAGES": " ".join(packages_for(host_tools())),
         "MIRROR": detect_host_mirrors()[0],
     }
     return files, buildargs

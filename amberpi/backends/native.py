@@ -37,11 +37,11 @@ def output_owner() -> tuple[int, int] | None:
 
 def hand_over_outputs(output: Path, name: str, owner: tuple[int, int]) -> list[Path]:
     """Give the build's files in the output folder (image, checksum, report, log, lock) to `owner`."""
-    changed = []
+    changed: list[Path] = []
     if not output.is_dir():
         return changed
     for path in sorted(output.iterdir()):
-        ours = path.name.startswith(f"{name}.") or path.name in (".amberpi.lock", f".{name}.img.partial")
+        ours = path.name.startswith((f"{name}.", f".{name}.")) or path.name == ".amberpi.lock"
         if ours and path.lstat().st_uid != owner[0]:
             os.lchown(path, *owner)
             changed.append(path)
@@ -56,14 +56,14 @@ class NativeBackend:
 
     def validate(self, request: BuildRequest) -> None:
         from amberpi.hostsetup import prepare_native_host
-        from amberpi.pipeline import Pipeline
+        from amberpi.pipeline import Pipeline, host_tools
 
-        prepare_native_host()
+        prepare_native_host(host_tools())
         Pipeline(request.config).validate()
 
     def build(self, request: BuildRequest) -> int:
         from amberpi.hostsetup import prepare_native_host
-        from amberpi.pipeline import Pipeline
+        from amberpi.pipeline import Pipeline, host_tools
 
         reported = reported_backend()
         owner = output_owner()
@@ -71,7 +71,7 @@ class NativeBackend:
             # Inside the builder container the Docker backend has already said this.
             LOG.note(banner(request, self.name, self.reason))
         try:
-            prepare_native_host()
+            prepare_native_host(host_tools())
             pipeline = Pipeline(
                 request.config,
                 incremental=request.incremental,

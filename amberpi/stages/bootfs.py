@@ -4,39 +4,55 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from amberpi.config import ConfigTxtSection
 from amberpi.context import BuildContext
 from amberpi.errors import StageError
-from amberpi.fatfs import make_fat
+from amberpi.filesystems.fat import make_fat
+from amberpi.identity import ImageIdentity
+from amberpi.kernelstates import INITIAL_STATE
 from amberpi.render import render, write_rendered
 from amberpi.stages.base import Artefact, Stage
 from amberpi.stages.firmware import FIRMWARE_DIR, UBOOT_DIR
 
 GRUB_TIMEOUT = 3
-# Boots a newly installed kernel gets before GRUB falls back to the factory kernel.
-KERNEL_TRIES = 2
 GRUBENV_BYTES = 1024
 UBOOT_NAME = "u-boot.bin"
 FIRMWARE_PATTERNS = ("bootcode.bin", "start*.elf", "fixup*.dat", "LICENCE*")
 
 
-def kernel_cmdline(ctx: BuildContext) -> str:
+@dataclass(frozen=True)
+class BootfsInputs:
+    identity: ImageIdentity
+    board: str
+    firmware: str
+    serial_console: str
+    uboot: str
+    device_trees: tuple[str, ...]
+    config_txt: tuple[ConfigTxtSection, ...]
+    extra_cmdline: str
+    kernel_tries: int
+    timeout: int
+    size_mib: int
+
+
+def kernel_cmdline(inputs: BootfsInputs) -> str:
     """live-boot finds the squashfs and persistence only on this image's partitions."""
     args = [
         "boot=live",
-        f"live-media=/dev/disk/by-label/{ctx.system_label}",
+        f"live-media=/dev/disk/by-label/{inputs.identity.system_label}",
         "persistence",
-        f"persistence-label={ctx.persistence_label}",
-        f"amberpi.id={ctx.image_id}",
+        f"persistence-label={inputs.identity.persistence_label}",
+        f"amberpi.id={inputs.identity.image_id}",
         "console=tty1",
-        f"console={ctx.board.serial_console}",
+        f"console={inputs.serial_console}",
         # A kernel that panics reboots, so GRUB can count the try and fall back.
         "panic=10",
     ]
-    if ctx.config.kernel_cmdline:
-        args.append(ctx.config.kernel_cmdline)
+    if inputs.extra_cmdline:
+        args.append(inputs.extra_cmdline)
     return " ".join(args)
 
 
@@ -58,59 +74,74 @@ def find_grubenv(image: Path, expected: bytes) -> int:
     return offset
 
 
-def copy_raspi_firmware(ctx: BuildContext, firmware: Artefact, squash: Artefact, tree: Path) -> None:
-    files = firmware.path / "files"
+def copy_raspi_firmware(inputs: BootfsInputs, firmware: Path, boot: Path, tree: Path) -> None:
+    files = firmware / "files"
     sources = [p for pattern in FIRMWARE_PATTERNS for p in sorted((files / FIRMWARE_DIR).glob(pattern))]
     if not any(p.name == "start.elf" for p in sources) and not any(p.name.startswith("start4") for p in sources):
         raise StageError("raspi-firmware has no start*.elf", where=str(files / FIRMWARE_DIR), hint="rebuild with --no-cache")
     for source in sources:
         shutil.copy2(source, tree / source.name)
-    uboot = files / UBOOT_DIR / ctx.board.uboot
+    uboot = files / UBOOT_DIR / inputs.uboot
     if not uboot.is_file():
         raise StageError(
-            f"U-Boot binary {ctx.board.uboot} is missing",
-            where=f"board {ctx.board.name}: uboot",
+            f"U-Boot binary {inputs.uboot} is missing",
+            where=f"board {inputs.board}: uboot",
             hint="use a path from u-boot-rpi, e.g. rpi_arm64/u-boot.bin",
         )
     shutil.copy2(uboot, tree / UBOOT_NAME)
-    for dtb in ctx.board.device_trees:
-        shutil.copy2(squash.path / "boot" / "dtbs" / dtb, tree / Path(dtb).name)
-    write_rendered(tree / "config.txt", "config.txt.j2", board=ctx.board.name, uboot=UBOOT_NAME, sections=ctx.board.config_txt)
+    for dtb in inputs.device_trees:
+        shutil.copy2(boot / "dtbs" / dtb, tree / Path(dtb).name)
+    write_rendered(tree / "config.txt", "config.txt.j2", board=inputs.board, uboot=UBOOT_NAME, sections=inputs.config_txt)
 
 
-class BootfsStage(Stage):
+class BootfsStage(Stage[BootfsInputs]):
     name = "bootfs"
-    title = "Writing the boot partition (FAT32, GRUB{firmware})"
-    version = 2
-    needs = ("squash", "firmware")
+    version = 3
+    needs = ("bootfiles", "firmware")
+    uses_facts = ("customize", "epoch")
+    tools = ("mkfs.vfat", "mcopy")
 
-    def tools(self, ctx: BuildContext) -> list[str]:
-        return ["mkfs.vfat", "mcopy"]
+    def inputs(self, build: BuildContext) -> BootfsInputs:
+        b, c = build.board, build.config
+        return BootfsInputs(
+            identity=build.identity,
+            board=b.name,
+            firmware=b.firmware,
+            serial_console=b.serial_console,
+            uboot=b.uboot,
+            device_trees=tuple(b.device_trees),
+            config_txt=tuple(b.config_txt),
+            extra_cmdline=c.kernel_cmdline,
+            kernel_tries=c.kernel_tries,
+            timeout=GRUB_TIMEOUT,
+            size_mib=c.boot_size_mib,
+        )
 
-    def key_inputs(self, ctx: BuildContext) -> dict[str, Any]:
-        return {"image_id": ctx.image_id, "cmdline": kernel_cmdline(ctx), "board": ctx.board.name}
+    def title(self, inputs: BootfsInputs) -> str:
+        return "Writing the boot partition (FAT32, GRUB" + (", Pi firmware, U-Boot)" if inputs.firmware == "raspi" else ")")
 
-    def run(self, ctx: BuildContext, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
-        squash = upstream["squash"]
+    def run(self, inputs: BootfsInputs, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
+        boot = upstream["bootfiles"].folder / "boot"
+        factory_version = upstream["customize"].facts["kernel_version"]
         tree = out / "tree"
         (tree / "EFI" / "BOOT").mkdir(parents=True)
-        shutil.copy2(squash.path / "boot" / "BOOTAA64.EFI", tree / "EFI" / "BOOT" / "BOOTAA64.EFI")
+        shutil.copy2(boot / "BOOTAA64.EFI", tree / "EFI" / "BOOT" / "BOOTAA64.EFI")
         write_rendered(
             tree / "grub" / "grub.cfg",
             "grub.cfg.j2",
-            board=ctx.board.name,
-            image_id=ctx.image_id,
-            timeout=GRUB_TIMEOUT,
-            cmdline=kernel_cmdline(ctx),
-            kernel_label=ctx.kernel_label,
-            factory_version=squash.meta["kernel_version"],
-            tries=KERNEL_TRIES,
+            board=inputs.board,
+            image_id=inputs.identity.image_id,
+            timeout=inputs.timeout,
+            cmdline=kernel_cmdline(inputs),
+            kernel_label=inputs.identity.kernel_label,
+            factory_version=factory_version,
+            tries=inputs.kernel_tries,
         )
-        write_grubenv(tree / "grub" / "grubenv", [("amberpi_state", "good"), ("amberpi_version", squash.meta["kernel_version"])])
-        if ctx.board.firmware == "raspi":
-            copy_raspi_firmware(ctx, upstream["firmware"], squash, tree)
-        epoch = squash.meta["source_date_epoch"]
-        make_fat(tree, out / "p1.img", size_mib=ctx.config.boot_size_mib, label="AMBERPI", volume_id=ctx.image_id, epoch=epoch)
+        write_grubenv(tree / "grub" / "grubenv", [("amberpi_state", INITIAL_STATE.value), ("amberpi_version", factory_version)])
+        if inputs.firmware == "raspi":
+            copy_raspi_firmware(inputs, upstream["firmware"].folder, boot, tree)
+        epoch = int(upstream["epoch"].facts["source_date_epoch"])
+        make_fat(tree, out / "p1.img", size_mib=inputs.size_mib, label="AMBERPI", volume_id=inputs.identity.image_id, epoch=epoch)
         # The device rewrites grubenv in place on the raw partition, as GRUB does.
         offset = find_grubenv(out / "p1.img", (tree / "grub" / "grubenv").read_bytes())
         return Artefact(out, {"grubenv_offset": offset})

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from amberpi.context import ARCH, BuildContext
 from amberpi.run import run
-from amberpi.stages.base import Artefact, Stage
+from amberpi.stages.base import Artefact, Stage, resource
+from amberpi.tools import EMULATION_TOOLS
 
 # Packages debootstrap adds to minbase: apt must be able to verify and fetch.
 BOOTSTRAP_INCLUDE = ("ca-certificates", "eatmydata")
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
 def debootstrap_version() -> str:
@@ -22,42 +23,46 @@ def debootstrap_version() -> str:
         return "unknown"
 
 
-class BootstrapStage(Stage):
+@dataclass(frozen=True)
+class BootstrapInputs:
+    suite: str
+    mirror: str
+    arch: str
+    include: tuple[str, ...]
+    debootstrap: str
+    apt_cache: Path = resource()
+
+
+class BootstrapStage(Stage[BootstrapInputs]):
     name = "bootstrap"
-    title = "Debootstrapping {suite} arm64 (minbase)"
-    version = 1
     cached = True
+    tools = ("debootstrap", "chroot", KEYRING, *EMULATION_TOOLS)
 
-    def tools(self, ctx: BuildContext) -> list[str]:
-        return ["debootstrap", "chroot"]
+    def inputs(self, build: BuildContext) -> BootstrapInputs:
+        c = build.config
+        return BootstrapInputs(c.suite, c.mirror, ARCH, BOOTSTRAP_INCLUDE, debootstrap_version(), build.apt_cache)
 
-    def key_inputs(self, ctx: BuildContext) -> dict[str, Any]:
-        return {
-            "suite": ctx.config.suite,
-            "mirror": ctx.config.mirror,
-            "arch": ARCH,
-            "include": list(BOOTSTRAP_INCLUDE),
-            "debootstrap": debootstrap_version(),
-        }
+    def title(self, inputs: BootstrapInputs) -> str:
+        return f"Debootstrapping {inputs.suite} {inputs.arch} (minbase)"
 
-    def run(self, ctx: BuildContext, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
+    def run(self, inputs: BootstrapInputs, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
         tree = out / "tree"
-        ctx.apt_cache.mkdir(parents=True, exist_ok=True)
+        inputs.apt_cache.mkdir(parents=True, exist_ok=True)
         argv = [
             "debootstrap",
-            f"--arch={ARCH}",
+            f"--arch={inputs.arch}",
             "--variant=minbase",
-            f"--include={','.join(BOOTSTRAP_INCLUDE)}",
-            f"--cache-dir={ctx.apt_cache}",
-            ctx.config.suite,
+            f"--include={','.join(inputs.include)}",
+            f"--cache-dir={inputs.apt_cache}",
+            inputs.suite,
             str(tree),
-            ctx.config.mirror,
+            inputs.mirror,
         ]
         run(
             argv,
             label="debootstrap",
-            where=f"stage bootstrap, mirror {ctx.config.mirror}",
+            where=f"stage bootstrap, mirror {inputs.mirror}",
             hint="check that the mirror is reachable and serves this suite for arm64 (--mirror URL)",
             tool_log=tree / "debootstrap" / "debootstrap.log",
         )
-        return Artefact(out, {"created": int(time.time())})
+        return Artefact(out)

@@ -1,22 +1,40 @@
-"""customize: includes, device scripts, users, hooks, then the one initramfs and GRUB image."""
+"""customize: includes, device scripts, users, hooks, then the one initramfs and GRUB's EFI image.
+
+Chroot hooks (hooks/*.hook.chroot, then each of hooks_dirs) run in name order with
+exactly this environment, every value of it part of this stage's cache key:
+
+  SOURCE_DATE_EPOCH   the build's timestamp (stage epoch)
+  AMBERPI_SUITE       the Debian suite, e.g. trixie
+  AMBERPI_HOSTNAME    the device's hostname
+  PATH LANG LC_ALL HOME TERM DEBIAN_FRONTEND DEBCONF_NONINTERACTIVE_SEEN
+                      fixed values (amberpi/run.py base_env, amberpi/chroot.py)
+
+plus, passed through unkeyed because they change how files are fetched or how fast
+emulation runs, never what is built: QEMU_CPU, http_proxy, https_proxy, no_proxy.
+The rootfs is shared by every board and every image id: hooks see neither.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amberpi.cache import copy_tree, digest_paths, stage_key
+from amberpi.cache import Cache, stage_key
+from amberpi.chroot import ChrootSession
 from amberpi.context import BuildContext
+from amberpi.digests import digest_paths
 from amberpi.errors import StageError, ToolError
 from amberpi.log import LOG
-from amberpi.mounts import ChrootSession, resolve_inside
 from amberpi.render import TEMPLATES_DIR, write_rendered
 from amberpi.run import run
-from amberpi.stages.base import Artefact, Stage
+from amberpi.stages.base import Artefact, FileInput, Stage, resource, secret
 from amberpi.stages.packages import UPDATE_INITRAMFS
+from amberpi.tools import EMULATION_TOOLS
+from amberpi.trees import copy_over, copy_tree, resolve_inside
 
 HOOK_SUFFIX = ".hook.chroot"
 # The templates this stage renders: part of its cache key.
@@ -25,11 +43,13 @@ HOOKS_IN_CHROOT = "tmp/amberpi-hooks"
 GRUB_OUT_IN_CHROOT = "tmp/amberpi-grub"
 # Built into the EFI image so p1 needs no module folder: disk and file systems,
 # the menu, kernel loading, checksums (hashsum) and the environment block.
-GRUB_MODULES = (
-    "part_msdos part_gpt fat iso9660 ext2 normal configfile linux echo test regexp probe "
-    "search search_label search_fs_uuid loadenv hashsum gcry_sha256 sleep reboot halt "
-    "efi_gop all_video gzio zstd xzio lsefi cat ls true minicmd"
-).split()
+GRUB_MODULES = tuple(
+    (
+        "part_msdos part_gpt fat iso9660 ext2 normal configfile linux echo test regexp probe "
+        "search search_label search_fs_uuid loadenv hashsum gcry_sha256 sleep reboot halt "
+        "efi_gop all_video gzio zstd xzio lsefi cat ls true minicmd"
+    ).split()
+)
 
 
 # What mkinitramfs builds the initrd from, beside the kernel's modules: the installed
@@ -62,41 +82,6 @@ def initramfs_key(tree: Path, version: str, epoch: int) -> tuple[str, dict[str, 
     return stage_key("initramfs", 1, inputs, {})
 
 
-def hook_files(ctx: BuildContext) -> list[Path]:
-    folders = [ctx.layout.hooks, *(Path(d) for d in ctx.config.hooks_dirs)]
-    hooks: list[Path] = []
-    for folder in folders:
-        hooks += sorted(p for p in folder.glob(f"*{HOOK_SUFFIX}") if p.is_file())
-    return hooks
-
-
-def include_folders(ctx: BuildContext) -> list[Path]:
-    return [ctx.layout.device / "rootfs", ctx.layout.includes, *(Path(d) for d in ctx.config.includes_dirs)]
-
-
-def copy_over(source: Path, tree: Path) -> None:
-    """Copy a folder's contents over the rootfs, following no symlink out of it."""
-    for item in sorted(source.rglob("*")):
-        rel = item.relative_to(source)
-        if (rel.parts and rel.parts[0] == ".gitkeep") or item.name == ".gitkeep":
-            continue
-        target = resolve_inside(tree, str(rel))
-        if item.is_dir() and not item.is_symlink():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists() or target.is_symlink():
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                target.unlink()
-        if item.is_symlink():
-            os.symlink(os.readlink(item), target)
-        else:
-            shutil.copy2(item, target)
-            os.chown(target, 0, 0)
-
-
 def kernel_version(tree: Path) -> str:
     kernels = sorted(p.name.removeprefix("vmlinuz-") for p in (tree / "boot").glob("vmlinuz-*"))
     if not kernels:
@@ -106,22 +91,6 @@ def kernel_version(tree: Path) -> str:
             hint="keep linux-image-arm64 in package-lists/",
         )
     return kernels[-1]
-
-
-def newest_package_date(tree: Path) -> int:
-    """The build's default timestamp: the date of the newest installed package.
-
-    dpkg keeps each packaged file's mtime, which Debian clamps to the package's
-    changelog date, so the same package versions give the same timestamp.
-    """
-    dates = [int(p.lstat().st_mtime) for p in (tree / "usr/share/doc").glob("*/changelog.Debian.gz")]
-    if not dates:
-        raise StageError(
-            "no package changelog to date the build by",
-            where=f"stage customize, {tree}/usr/share/doc",
-            hint="set source_date_epoch in the config, or SOURCE_DATE_EPOCH",
-        )
-    return max(dates)
 
 
 # Folders emptied at the end of every build. Whether a tool used them on the way
@@ -155,86 +124,142 @@ def settle_dates(tree: Path, epoch: int) -> None:
         shadow.write_text("".join(line + "\n" for line in lines))
 
 
-class CustomizeStage(Stage):
+def hook_files(folders: list[Path]) -> list[Path]:
+    hooks: list[Path] = []
+    for folder in folders:
+        hooks += sorted(p for p in folder.glob(f"*{HOOK_SUFFIX}") if p.is_file())
+    return hooks
+
+
+@dataclass(frozen=True)
+class FolderInput:
+    """A folder copied over the rootfs: keyed by its whole content."""
+
+    digest: str
+    path: Path = resource()
+
+    @classmethod
+    def of(cls, path: Path) -> FolderInput:
+        return cls(digest_paths([path]), path)
+
+
+@dataclass(frozen=True)
+class CustomizeInputs:
+    suite: str
+    hostname: str
+    ssh_authorized_keys: tuple[str, ...]
+    hooks: tuple[FileInput, ...]
+    includes: tuple[FolderInput, ...]
+    templates: str
+    grub_modules: tuple[str, ...]
+    root_password_hash: str = secret()
+    apt_cache: Path = resource()
+    initramfs_cache: Cache | None = resource()
+
+
+class CustomizeStage(Stage[CustomizeInputs]):
     name = "customize"
-    title = "Applying includes, users and {count} hooks; one initramfs"
-    version = 2
+    version = 3
     needs = ("packages",)
+    uses_facts = ("epoch",)
+    tools = ("chroot", "dpkg-query", *EMULATION_TOOLS)
 
-    def key_inputs(self, ctx: BuildContext) -> dict[str, Any]:
-        c = ctx.config
-        return {
-            "hostname": c.hostname,
-            "source_date_epoch": c.source_date_epoch,
-            "root_password_hash": c.root_password_hash,
-            "ssh_authorized_keys": c.ssh_authorized_keys,
-            "hooks": digest_paths(hook_files(ctx)),
-            "hook_names": [p.name for p in hook_files(ctx)],
-            "includes": digest_paths(include_folders(ctx)),
-            "templates": digest_paths([TEMPLATES_DIR / name for name in CUSTOMIZE_TEMPLATES]),
-            "grub_modules": list(GRUB_MODULES),
-        }
+    def inputs(self, build: BuildContext) -> CustomizeInputs:
+        c = build.config
+        hook_folders = [build.layout.hooks, *(Path(d) for d in c.hooks_dirs)]
+        include_folders = [build.layout.device / "rootfs", build.layout.includes, *(Path(d) for d in c.includes_dirs)]
+        return CustomizeInputs(
+            suite=c.suite,
+            hostname=c.hostname,
+            ssh_authorized_keys=tuple(c.ssh_authorized_keys),
+            hooks=tuple(FileInput.of(path) for path in hook_files(hook_folders)),
+            includes=tuple(FolderInput.of(path) for path in include_folders if path.is_dir()),
+            templates=digest_paths([TEMPLATES_DIR / name for name in CUSTOMIZE_TEMPLATES]),
+            grub_modules=GRUB_MODULES,
+            root_password_hash=c.root_password_hash,
+            apt_cache=build.apt_cache,
+            initramfs_cache=build.cache,
+        )
 
-    def run(self, ctx: BuildContext, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
+    def title(self, inputs: CustomizeInputs) -> str:
+        return f"Applying includes, users and {len(inputs.hooks)} hooks; one initramfs"
+
+    def preflight(self, inputs: CustomizeInputs) -> list[str]:
+        """A hook without #! fails in the chroot with a bare "Exec format error": say so now."""
+        problems = []
+        for hook in inputs.hooks:
+            with hook.path.open("rb") as handle:
+                if handle.read(2) != b"#!":
+                    problems.append(f"{hook.path}: a hook must start with a #! line (e.g. #!/bin/sh)")
+        return problems
+
+    def hook_env(self, inputs: CustomizeInputs, epoch: int) -> dict[str, str]:
+        return {"SOURCE_DATE_EPOCH": str(epoch), "AMBERPI_SUITE": inputs.suite, "AMBERPI_HOSTNAME": inputs.hostname}
+
+    def run(self, inputs: CustomizeInputs, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
         tree = out / "rootfs"
         boot = out / "boot"
         boot.mkdir(parents=True, exist_ok=True)
-        copy_tree(upstream["packages"].path / "tree", tree)
-        self.write_system_files(ctx, tree)
-        for folder in include_folders(ctx):
-            if folder.is_dir():
-                copy_over(folder, tree)
-        epoch = ctx.config.source_date_epoch or newest_package_date(tree)
-        with ChrootSession(tree, apt_cache=ctx.apt_cache) as session:
-            self.set_up_root(ctx, session, tree)
-            self.run_hooks(ctx, session, tree)
+        epoch = int(upstream["epoch"].facts["source_date_epoch"])
+        copy_tree(upstream["packages"].folder / "tree", tree)
+        self.write_system_files(inputs, tree)
+        for folder in inputs.includes:
+            copy_over(folder.path, tree)
+        with ChrootSession(tree, apt_cache=inputs.apt_cache) as session:
+            self.set_up_root(inputs, session, tree)
+            self.run_hooks(inputs, session, tree, self.hook_env(inputs, epoch))
             version = kernel_version(tree)
-            initramfs = self.make_initramfs(ctx, session, tree, version, epoch)
-            self.make_grub_image(session, tree, boot)
+            initramfs = self.make_initramfs(inputs, session, tree, version, epoch)
+            self.make_grub_image(inputs, session, tree, boot)
         self.collect_boot_files(tree, version, boot)
         manifest = self.clean_tree(tree)
         settle_dates(tree, epoch)
-        meta = {"kernel_version": version, "package_count": len(manifest), "packages": manifest, "initramfs": initramfs}
-        meta["source_date_epoch"] = epoch
-        return Artefact(out, meta)
+        facts = {"kernel_version": version, "package_count": len(manifest), "packages": manifest, "initramfs": initramfs}
+        return Artefact(out, facts)
 
-    def write_system_files(self, ctx: BuildContext, tree: Path) -> None:
-        write_rendered(resolve_inside(tree, "etc/hostname"), "hostname.j2", hostname=ctx.config.hostname)
-        write_rendered(resolve_inside(tree, "etc/hosts"), "hosts.j2", hostname=ctx.config.hostname)
+    def write_system_files(self, inputs: CustomizeInputs, tree: Path) -> None:
+        write_rendered(resolve_inside(tree, "etc/hostname"), "hostname.j2", hostname=inputs.hostname)
+        write_rendered(resolve_inside(tree, "etc/hosts"), "hosts.j2", hostname=inputs.hostname)
         write_rendered(resolve_inside(tree, "etc/fstab"), "fstab.j2")
 
-    def set_up_root(self, ctx: BuildContext, session: ChrootSession, tree: Path) -> None:
-        if ctx.config.root_password_hash:
-            session.run(["usermod", "--password", ctx.config.root_password_hash, "root"], label="usermod")
+    def set_up_root(self, inputs: CustomizeInputs, session: ChrootSession, tree: Path) -> None:
+        if inputs.root_password_hash:
+            # chpasswd reads the hash on stdin: it never shows in the log or in `ps`.
+            session.run(["chpasswd", "--encrypted"], label="chpasswd", input=f"root:{inputs.root_password_hash}\n".encode())
         else:
             session.run(["passwd", "--lock", "root"], label="passwd")
-        if ctx.config.ssh_authorized_keys:
+        if inputs.ssh_authorized_keys:
             keys = resolve_inside(tree, "root/.ssh/authorized_keys")
-            write_rendered(keys, "authorized_keys.j2", mode=0o600, keys=ctx.config.ssh_authorized_keys)
+            write_rendered(keys, "authorized_keys.j2", mode=0o600, keys=inputs.ssh_authorized_keys)
             keys.parent.chmod(0o700)
 
-    def run_hooks(self, ctx: BuildContext, session: ChrootSession, tree: Path) -> None:
-        hooks = hook_files(ctx)
+    def run_hooks(self, inputs: CustomizeInputs, session: ChrootSession, tree: Path, env: dict[str, str]) -> None:
         staged = resolve_inside(tree, HOOKS_IN_CHROOT)
         staged.mkdir(parents=True, exist_ok=True)
         try:
-            for index, hook in enumerate(hooks):
+            for index, hook in enumerate(inputs.hooks):
+                if FileInput.of(hook.path) != hook:
+                    raise StageError(
+                        f"hook {hook.name} changed while the build was running",
+                        where=str(hook.path),
+                        hint="build again: the cache key must describe the hook that ran",
+                    )
                 copy = staged / f"{index:03d}-{hook.name}"
-                shutil.copy2(hook, copy)
+                shutil.copy2(hook.path, copy)
                 copy.chmod(0o755)
                 with LOG.step(f"Running hook {hook.name}"):
                     try:
-                        session.run([f"/{HOOKS_IN_CHROOT}/{copy.name}"], label=hook.name, env={"AMBERPI_IMAGE_ID": ctx.image_id})
+                        session.run([f"/{HOOKS_IN_CHROOT}/{copy.name}"], label=hook.name, env=env)
                     except ToolError as exc:
                         raise StageError(
                             f"hook {hook.name} failed (exit status {exc.code})",
-                            where=str(hook),
+                            where=str(hook.path),
                             hint="fix the hook; the last lines it printed are in the build log",
                         ) from exc
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
-    def make_initramfs(self, ctx: BuildContext, session: ChrootSession, tree: Path, version: str, epoch: int) -> str:
+    def make_initramfs(self, inputs: CustomizeInputs, session: ChrootSession, tree: Path, version: str, epoch: int) -> str:
         """The initrd of `version`: made by update-initramfs, or reused when its inputs are unchanged."""
         stub = resolve_inside(tree, UPDATE_INITRAMFS)
         if stub.exists():
@@ -243,7 +268,8 @@ class CustomizeStage(Stage):
         initrd = resolve_inside(tree, f"boot/initrd.img-{version}")
         state = resolve_inside(tree, f"{INITRAMFS_STATE}/{version}")
         key, manifest = initramfs_key(tree, version, epoch)
-        cached = ctx.cache.lookup("initramfs", key)
+        store = inputs.initramfs_cache
+        cached = store.lookup("initramfs", key) if store else None
         if cached is not None:
             LOG.detail(f"initramfs: its inputs are unchanged, reusing {cached}")
             shutil.copy2(cached / "initrd.img", initrd)
@@ -253,18 +279,19 @@ class CustomizeStage(Stage):
             return "reused"
         # mkinitramfs clamps the archive's times to SOURCE_DATE_EPOCH: the same inputs, the same initrd.
         session.run(["update-initramfs", "-c", "-k", version], label="initramfs", env={"SOURCE_DATE_EPOCH": str(epoch)})
-        with ctx.cache.staging("initramfs", key, manifest) as entry:
-            shutil.copy2(initrd, entry / "initrd.img")
-            if state.exists():
-                shutil.copy2(state, entry / "state")
+        if store:
+            with store.staging("initramfs", key, manifest) as entry:
+                shutil.copy2(initrd, entry / "initrd.img")
+                if state.exists():
+                    shutil.copy2(state, entry / "state")
         return "built"
 
-    def make_grub_image(self, session: ChrootSession, tree: Path, boot: Path) -> None:
+    def make_grub_image(self, inputs: CustomizeInputs, session: ChrootSession, tree: Path, boot: Path) -> None:
         staged = resolve_inside(tree, GRUB_OUT_IN_CHROOT)
         staged.mkdir(parents=True, exist_ok=True)
         try:
             session.run(
-                ["grub-mkimage", "-O", "arm64-efi", "-p", "/grub", "-o", f"/{GRUB_OUT_IN_CHROOT}/BOOTAA64.EFI", *GRUB_MODULES],
+                ["grub-mkimage", "-O", "arm64-efi", "-p", "/grub", "-o", f"/{GRUB_OUT_IN_CHROOT}/BOOTAA64.EFI", *inputs.grub_modules],
                 label="grub-mkimage",
             )
             shutil.copy2(staged / "BOOTAA64.EFI", boot / "BOOTAA64.EFI")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from amberpi.context import BuildContext
+from amberpi.digests import CHUNK
 from amberpi.errors import StageError
-from amberpi.files import CHUNK
+from amberpi.identity import ImageIdentity
 from amberpi.layout import Partition, disk_size, plan_layout
 from amberpi.render import render
 from amberpi.run import run
@@ -30,8 +32,9 @@ def copy_sparse(source: Path, target: Path, offset: int) -> None:
 
 def partition_table(image: Path) -> dict[str, Any]:
     """The image's MBR as sfdisk reads it back."""
-    data: dict[str, Any] = json.loads(run(["sfdisk", "--json", str(image)], capture=True, label="sfdisk"))
-    return data["partitiontable"]
+    data = json.loads(run(["sfdisk", "--json", str(image)], capture=True, label="sfdisk"))
+    table: dict[str, Any] = data["partitiontable"]
+    return table
 
 
 def write_disk(image: Path, partitions: list[Partition], files: dict[str, Path], disk_id: str) -> None:
@@ -43,33 +46,39 @@ def write_disk(image: Path, partitions: list[Partition], files: dict[str, Path],
         copy_sparse(files[partition.role], image, partition.start)
 
 
-class DiskStage(Stage):
+@dataclass(frozen=True)
+class DiskInputs:
+    identity: ImageIdentity
+    kernel_size_mib: int
+
+
+class DiskStage(Stage[DiskInputs]):
     name = "disk"
-    title = "Assembling the MBR disk image"
-    version = 1
+    version = 2
     needs = ("bootfs", "iso", "persistence")
+    tools = ("sfdisk",)
 
-    def tools(self, ctx: BuildContext) -> list[str]:
-        return ["sfdisk"]
+    def inputs(self, build: BuildContext) -> DiskInputs:
+        return DiskInputs(build.identity, build.config.kernel_size_mib)
 
-    def key_inputs(self, ctx: BuildContext) -> dict[str, Any]:
-        return {"image_id": ctx.image_id}
+    def title(self, inputs: DiskInputs) -> str:
+        return "Assembling the MBR disk image"
 
-    def run(self, ctx: BuildContext, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
+    def run(self, inputs: DiskInputs, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
         files = {
-            "boot": upstream["bootfs"].path / "p1.img",
-            "system": upstream["iso"].path / "p2.iso",
-            "kernel": upstream["iso"].path / "p3.iso",
-            "persistence": upstream["persistence"].path / "p4.img",
+            "boot": upstream["bootfs"].folder / "p1.img",
+            "system": upstream["iso"].folder / "p2.iso",
+            "kernel": upstream["iso"].folder / "p3.iso",
+            "persistence": upstream["persistence"].folder / "p4.img",
         }
         sizes = {role: path.stat().st_size for role, path in files.items()}
-        sizes["kernel"] = max(sizes["kernel"], ctx.config.kernel_size_mib << 20)
+        sizes["kernel"] = max(sizes["kernel"], inputs.kernel_size_mib << 20)
         partitions = plan_layout(sizes)
         for partition in partitions:
             if files[partition.role].stat().st_size > partition.size:
                 raise StageError(f"{partition.role} partition content does not fit", where=f"p{partition.number}")
         image = out / "disk.img"
-        write_disk(image, partitions, files, ctx.image_id)
+        write_disk(image, partitions, files, inputs.identity.image_id)
         layout = [
             {"number": p.number, "role": p.role, "start": p.start, "size": p.size, "type": p.type_id, "bootable": p.bootable}
             for p in partitions

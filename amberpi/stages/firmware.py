@@ -7,15 +7,15 @@ the image's rootfs are both left untouched.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from amberpi.context import ARCH, BuildContext
 from amberpi.render import write_rendered
 from amberpi.run import run
 from amberpi.stages.base import Artefact, Stage
+from amberpi.stages.bootstrap import KEYRING
 
-KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 RASPI_PACKAGES = ("raspi-firmware", "u-boot-rpi")
 FIRMWARE_DIR = "usr/lib/raspi-firmware"
 UBOOT_DIR = "usr/lib/u-boot"
@@ -41,24 +41,31 @@ def private_apt_options(root: Path) -> list[str]:
     return options
 
 
-class FirmwareStage(Stage):
+@dataclass(frozen=True)
+class FirmwareInputs:
+    firmware: str
+    suite: str
+    mirror: str
+    packages: tuple[str, ...]
+
+
+class FirmwareStage(Stage[FirmwareInputs]):
     name = "firmware"
-    title = "Fetching Raspberry Pi firmware and U-Boot"
-    version = 1
     cached = True
+    tools = ("apt-get", "dpkg-deb", KEYRING)
 
-    def tools(self, ctx: BuildContext) -> list[str]:
-        return ["apt-get", "dpkg-deb"] if ctx.board.firmware == "raspi" else []
+    def inputs(self, build: BuildContext) -> FirmwareInputs:
+        if build.board.firmware == "none":
+            return FirmwareInputs("none", "", "", ())
+        return FirmwareInputs(build.board.firmware, build.config.suite, build.config.mirror, RASPI_PACKAGES)
 
-    def key_inputs(self, ctx: BuildContext) -> dict[str, Any]:
-        if ctx.board.firmware == "none":
-            return {"firmware": "none"}
-        return {"firmware": ctx.board.firmware, "suite": ctx.config.suite, "mirror": ctx.config.mirror, "packages": list(RASPI_PACKAGES)}
+    def title(self, inputs: FirmwareInputs) -> str:
+        return "Fetching Raspberry Pi firmware and U-Boot" if inputs.packages else "Fetching no firmware (UEFI board)"
 
-    def run(self, ctx: BuildContext, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
+    def run(self, inputs: FirmwareInputs, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
         files = out / "files"
         files.mkdir(parents=True)
-        if ctx.board.firmware == "none":
+        if not inputs.packages:
             return Artefact(out, {"packages": []})
         apt_root = out / "apt"
         for sub in ("sources.list.d", "preferences.d", "state/lists/partial", "cache/archives/partial", "debs"):
@@ -69,12 +76,12 @@ class FirmwareStage(Stage):
             "firmware.sources.list.j2",
             arch=ARCH,
             keyring=KEYRING,
-            mirror=ctx.config.mirror,
-            suite=ctx.config.suite,
+            mirror=inputs.mirror,
+            suite=inputs.suite,
         )
         options = private_apt_options(apt_root)
         run(["apt-get", *options, "update"], label="apt", where="stage firmware", hint="check that --mirror is reachable")
-        run(["apt-get", *options, "download", *RASPI_PACKAGES], cwd=apt_root / "debs", label="apt")
+        run(["apt-get", *options, "download", *inputs.packages], cwd=apt_root / "debs", label="apt")
         debs = sorted((apt_root / "debs").glob("*.deb"))
         for deb in debs:
             run(["dpkg-deb", "-x", str(deb), str(files)], label="dpkg-deb")

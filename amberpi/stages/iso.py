@@ -3,84 +3,106 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from amberpi import __version__
 from amberpi.context import BuildContext
-from amberpi.files import link_or_copy, sha256_file
-from amberpi.isofs import make_iso
+from amberpi.digests import sha256_file
+from amberpi.errors import StageError
+from amberpi.filesystems.iso9660 import make_iso
+from amberpi.identity import ImageIdentity
 from amberpi.render import write_rendered
 from amberpi.stages.base import Artefact, Stage
+from amberpi.trees import link_or_copy
 
 KERNEL_FILES = ("vmlinuz", "initrd.img")
 
 
-def stage_system_tree(ctx: BuildContext, squash: Artefact, bootfs: Artefact, tree: Path) -> None:
+@dataclass(frozen=True)
+class IsoInputs:
+    identity: ImageIdentity
+    board: str
+    suite: str
+    device_trees: tuple[str, ...]
+    kernel_size_mib: int
+    amberpi_version: str
+
+
+def stage_system_tree(inputs: IsoInputs, squashfs: Path, boot: Path, facts: Mapping[str, object], tree: Path) -> None:
     live = tree / "live"
-    link_or_copy(squash.path / "filesystem.squashfs", live / "filesystem.squashfs")
+    link_or_copy(squashfs, live / "filesystem.squashfs")
     for name in KERNEL_FILES:
-        link_or_copy(squash.path / "boot" / name, live / name)
+        link_or_copy(boot / name, live / name)
+    identity = inputs.identity
     write_rendered(
         tree / ".disk" / "info",
         "disk-info.j2",
-        version=__version__,
-        suite=ctx.config.suite,
-        board=ctx.board.name,
-        image_id=ctx.image_id,
-        kernel=squash.meta["kernel_version"],
+        version=inputs.amberpi_version,
+        suite=inputs.suite,
+        board=inputs.board,
+        image_id=identity.image_id,
+        kernel=facts["kernel_version"],
     )
     write_rendered(
         tree / ".disk" / "amberpi.conf",
         "amberpi.conf.j2",
-        board=ctx.board.name,
-        image_id=ctx.image_id,
-        system_label=ctx.system_label,
-        kernel_label=ctx.kernel_label,
-        persistence_label=ctx.persistence_label,
-        factory_version=squash.meta["kernel_version"],
-        device_trees=ctx.board.device_trees,
-        grubenv_offset=bootfs.meta["grubenv_offset"],
+        board=inputs.board,
+        image_id=identity.image_id,
+        system_label=identity.system_label,
+        kernel_label=identity.kernel_label,
+        persistence_label=identity.persistence_label,
+        factory_version=facts["kernel_version"],
+        device_trees=inputs.device_trees,
+        grubenv_offset=facts["grubenv_offset"],
     )
 
 
-def stage_kernel_tree(ctx: BuildContext, squash: Artefact, tree: Path) -> None:
+def stage_kernel_tree(inputs: IsoInputs, boot: Path, kernel_version: str, tree: Path) -> None:
     """The kernel partition: kernel, initrd, the board's DTBs, version and checksums."""
-    boot = squash.path / "boot"
     for name in KERNEL_FILES:
         link_or_copy(boot / name, tree / name)
-    for dtb in ctx.board.device_trees:
+    for dtb in inputs.device_trees:
         link_or_copy(boot / "dtbs" / dtb, tree / "dtbs" / dtb)
-    (tree / "version").write_text(squash.meta["kernel_version"] + "\n")
+    (tree / "version").write_text(kernel_version + "\n")
     files = sorted(p for p in tree.rglob("*") if p.is_file())
     sums = [(str(p.relative_to(tree)), sha256_file(p)) for p in files]
     write_rendered(tree / "SHA256SUMS", "SHA256SUMS.j2", sums=sums)
 
 
-class IsoStage(Stage):
+class IsoStage(Stage[IsoInputs]):
     name = "iso"
-    title = "Writing the system and kernel partitions (ISO9660)"
-    version = 2
-    needs = ("squash", "bootfs")
+    version = 3
+    needs = ("squash", "bootfiles")
+    uses_facts = ("customize", "bootfs", "epoch")
 
-    def key_inputs(self, ctx: BuildContext) -> dict[str, Any]:
-        return {"image_id": ctx.image_id, "device_trees": ctx.board.device_trees}
+    def inputs(self, build: BuildContext) -> IsoInputs:
+        return IsoInputs(
+            build.identity,
+            build.board.name,
+            build.config.suite,
+            tuple(build.board.device_trees),
+            build.config.kernel_size_mib,
+            __version__,
+        )
 
-    def run(self, ctx: BuildContext, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
-        squash = upstream["squash"]
+    def title(self, inputs: IsoInputs) -> str:
+        return "Writing the system and kernel partitions (ISO9660)"
+
+    def run(self, inputs: IsoInputs, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
+        boot = upstream["bootfiles"].folder / "boot"
+        kernel_version = str(upstream["customize"].facts["kernel_version"])
+        facts = {"kernel_version": kernel_version, "grubenv_offset": upstream["bootfs"].facts["grubenv_offset"]}
         system_tree, kernel_tree = out / "system", out / "kernel"
-        stage_system_tree(ctx, squash, upstream["bootfs"], system_tree)
-        stage_kernel_tree(ctx, squash, kernel_tree)
-        epoch = squash.meta["source_date_epoch"]
-        make_iso(system_tree, out / "p2.iso", volume_id=ctx.system_label, epoch=epoch)
-        make_iso(kernel_tree, out / "p3.iso", volume_id=ctx.kernel_label, epoch=epoch)
+        stage_system_tree(inputs, upstream["squash"].folder / "filesystem.squashfs", boot, facts, system_tree)
+        stage_kernel_tree(inputs, boot, kernel_version, kernel_tree)
+        epoch = int(upstream["epoch"].facts["source_date_epoch"])
+        make_iso(system_tree, out / "p2.iso", volume_id=inputs.identity.system_label, epoch=epoch)
+        make_iso(kernel_tree, out / "p3.iso", volume_id=inputs.identity.kernel_label, epoch=epoch)
         kernel_bytes = (out / "p3.iso").stat().st_size
-        limit = ctx.config.kernel_size_mib << 20
-        if kernel_bytes > limit:
-            from amberpi.errors import StageError
-
+        if kernel_bytes > inputs.kernel_size_mib << 20:
             raise StageError(
-                f"the kernel partition needs {kernel_bytes >> 20} MiB but kernel_size_mib is {ctx.config.kernel_size_mib}",
+                f"the kernel partition needs {kernel_bytes >> 20} MiB but kernel_size_mib is {inputs.kernel_size_mib}",
                 where="stage iso, p3",
                 hint="raise kernel_size_mib in your config",
             )

@@ -1,53 +1,55 @@
-"""squash: the customized rootfs as live/filesystem.squashfs, plus its boot files."""
+"""squash: the customized rootfs as live/filesystem.squashfs."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from amberpi.context import BuildContext
 from amberpi.run import run
 from amberpi.stages.base import Artefact, Stage
 
 # Mount points stay, their contents do not: they are filled at run time.
-EXCLUDE = ["proc/*", "sys/*", "dev/*", "run/*", "tmp/*"]
+EXCLUDE = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*")
 
 
-class SquashStage(Stage):
+@dataclass(frozen=True)
+class SquashInputs:
+    compression: str
+    exclude: tuple[str, ...]
+
+
+class SquashStage(Stage[SquashInputs]):
     name = "squash"
-    title = "Squashing the rootfs ({compression})"
-    version = 1
     cached = True
     needs = ("customize",)
+    uses_facts = ("epoch",)
+    tools = ("mksquashfs",)
 
-    def tools(self, ctx: BuildContext) -> list[str]:
-        return ["mksquashfs"]
+    def inputs(self, build: BuildContext) -> SquashInputs:
+        return SquashInputs(build.config.squashfs_compression, EXCLUDE)
 
-    def key_inputs(self, ctx: BuildContext) -> dict[str, Any]:
-        return {"compression": ctx.config.squashfs_compression, "exclude": EXCLUDE}
+    def title(self, inputs: SquashInputs) -> str:
+        return f"Squashing the rootfs ({inputs.compression})"
 
-    def run(self, ctx: BuildContext, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
-        customized = upstream["customize"]
+    def run(self, inputs: SquashInputs, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
         squashfs = out / "filesystem.squashfs"
         argv = [
             "mksquashfs",
-            str(customized.path / "rootfs"),
+            str(upstream["customize"].folder / "rootfs"),
             str(squashfs),
             "-noappend",
             "-no-progress",
             "-comp",
-            ctx.config.squashfs_compression,
+            inputs.compression,
+            # Any number of threads gives the same bytes: not part of the key.
             "-processors",
             str(os.cpu_count() or 1),
             "-wildcards",
         ]
-        for pattern in EXCLUDE:
+        for pattern in inputs.exclude:
             argv += ["-e", pattern]
-        run(argv, label="mksquashfs", env={"SOURCE_DATE_EPOCH": str(customized.meta["source_date_epoch"])})
-        shutil.copytree(customized.path / "boot", out / "boot", symlinks=True)
-        meta = dict(customized.meta)
-        meta["squashfs_bytes"] = squashfs.stat().st_size
-        return Artefact(out, meta)
+        run(argv, label="mksquashfs", env={"SOURCE_DATE_EPOCH": str(upstream["epoch"].facts["source_date_epoch"])})
+        return Artefact(out, {"squashfs_bytes": squashfs.stat().st_size})

@@ -19,13 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from amberpi.files import sha256_range
-from amberpi.stages.persistence import PERSISTENCE_ENTRIES, make_ext4, partition_uuid
-from amberpi.vm import VM
+from amberpi.filesystems.ext4 import make_ext4
+from amberpi.identity import ImageIdentity
+from amberpi.stages.persistence import PERSISTENCE_ENTRIES
 from tests.conftest import EPOCH, TEST_PASSWORD, BuiltImage
-from tests.imagetools import partition_range
+from tests.imagetools import partition_range, sha256_range
 from tests.kernel_repo import GUEST_HOST, make_kernel_repo, serve
 from tests.measurements import record
+from tests.vm import VM
+
+RESET_UUID = ImageIdentity("reset").partition_uuid("persistence")
 
 pytestmark = pytest.mark.boot
 
@@ -210,7 +213,7 @@ def test_5_persistence_reset_boots_factory_and_explains(device: Device, tmp_path
     tree.mkdir()
     (tree / "persistence.conf").write_text("\n".join(PERSISTENCE_ENTRIES) + "\n")
     fresh = tmp_path / "p4.img"
-    make_ext4(tree, fresh, size_mib=length >> 20, label=ext4_label(device), fs_uuid=partition_uuid("reset", "persistence"), epoch=EPOCH)
+    make_ext4(tree, fresh, size_mib=length >> 20, label=ext4_label(device), fs_uuid=RESET_UUID, epoch=EPOCH)
     device.overwrite_partition(4, fresh.read_bytes())
     device.boot()
     assert device.kernel() == (device.factory, "factory")

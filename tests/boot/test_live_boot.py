@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from amberpi.files import sha256_range
 from tests.buildtools import booted_copy
 from tests.conftest import TEST_PASSWORD, BuiltImage
-from tests.imagetools import partition_range
+from tests.imagetools import partition_range, sha256_range
 
 pytestmark = pytest.mark.boot
 

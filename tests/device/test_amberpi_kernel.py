@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from amberpi.fatfs import make_fat, read_fat_file
-from amberpi.isofs import list_iso, read_iso_file, volume_id
+from amberpi.filesystems.fat import make_fat, read_fat_file
+from amberpi.filesystems.iso9660 import list_iso, read_iso_file, volume_id
 from amberpi.render import write_rendered
 from amberpi.stages.bootfs import find_grubenv, write_grubenv
 from tests.conftest import EPOCH, REPO

@@ -28,8 +28,8 @@ import pytest
 from amberpi.backends.builder import BASE_IMAGE, LABEL, ensure_builder_image
 from amberpi.backends.engine import connect_engine
 from amberpi.errors import AmberPiError
-from amberpi.fatfs import list_fat, read_fat_file
-from amberpi.isofs import list_iso, read_iso_file, volume_id
+from amberpi.filesystems.fat import list_fat, read_fat_file
+from amberpi.filesystems.iso9660 import list_iso, read_iso_file, volume_id
 from tests.buildtools import amberpi_mounts, booted_copy, hook_left_running, start_build_in_hook
 from tests.conftest import REPO, BuiltImage, amberpi, require_root, write_test_config
 from tests.imagetools import extract_partition, partition_table, squashfs_list

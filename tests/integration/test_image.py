@@ -9,12 +9,14 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from amberpi.fatfs import list_fat, read_fat_file
-from amberpi.files import sha256_file
-from amberpi.isofs import list_iso, read_iso_file, volume_id
+from amberpi.digests import sha256_file
+from amberpi.filesystems.fat import list_fat, read_fat_file
+from amberpi.filesystems.iso9660 import list_iso, read_iso_file, volume_id
+from amberpi.stages import STAGES
 from tests.buildtools import hook_config
 from tests.conftest import TEST_PASSWORD_HASH, BuiltImage, amberpi, write_test_config
 from tests.imagetools import extract_partition, partition_table, squashfs_cat, squashfs_list
@@ -49,7 +51,7 @@ def test_outputs_next_to_the_image(qemu_image: BuiltImage) -> None:
     report = qemu_image.report
     assert report["sha256"] == digest and report["board"] == "qemu" and report["backend"] == "native"
     assert report["kernel_version"].endswith("-arm64") and report["package_count"] > 100
-    assert [s["name"] for s in report["stages"]][:4] == ["bootstrap", "packages", "customize", "squash"]
+    assert [s["name"] for s in report["stages"]] == [stage.name for stage in STAGES if stage.name != "release"]
     assert "root_password_hash" not in report["config"]
     manifest = (qemu_image.output / "amberpi-qemu.packages").read_text().splitlines()
     assert len(manifest) == report["package_count"] and any(line.startswith("live-boot ") for line in manifest)
@@ -134,7 +136,8 @@ def test_same_inputs_give_the_same_image(qemu_image: BuiltImage, tmp_path: Path)
     config = write_test_config(tmp_path, image_id="0badcafe")
     digests = []
     for run, compress in (("first", "none"), ("second", "xz")):
-        amberpi("--config", str(config), "--output", str(tmp_path / run), "--compress", compress, check=True)
+        # Strict: the rootfs and squashfs the session's image made are reused, or the build fails.
+        amberpi("--config", str(config), "--output", str(tmp_path / run), "--compress", compress, "--incremental", "strict", check=True)
         report = json.loads((tmp_path / run / "amberpi-qemu.report.json").read_text())
         assert {s["name"]: s["status"] for s in report["stages"]}["disk"] == "built"
         assert report["source_date_epoch"] == qemu_image.report["source_date_epoch"]
@@ -177,20 +180,48 @@ def test_a_build_from_scratch_gives_the_same_image(tmp_path: Path) -> None:
     assert reports["scratch"]["sha256"] == reports["cached"]["sha256"]
 
 
-def test_hook_edit_reuses_the_initramfs(qemu_image: BuiltImage, tmp_path: Path) -> None:
-    """Editing a hook that does not touch what the initrd is made from: the cached initrd, byte for byte."""
-    initrds, reports = [], []
-    # A fresh word per run: a hook body the shared cache has seen before would make customize "cached".
+def squashfs_of(image: Path, folder: Path) -> Path:
+    """The image's live/filesystem.squashfs, copied out of p2."""
+    squashfs = folder / "filesystem.squashfs"
+    squashfs.write_bytes(read_iso_file(extract_partition(image, 2, folder / "p2.iso"), "/live/filesystem.squashfs"))
+    return squashfs
+
+
+def test_what_a_hook_sees_is_keyed(qemu_image: BuiltImage, tmp_path: Path) -> None:
+    """A hook sees only keyed values: a new image id reuses the cached rootfs (strict mode proves it) and
+    reaches no hook; editing a file a hook reads rebuilds the rootfs, and the initrd, whose inputs did
+    not change, is reused byte for byte."""
+    # A fresh word per run: content the shared cache has seen before would make the rootfs "cached".
     run = uuid.uuid4().hex[:8]
-    for edit in ("first", "second"):
-        config = hook_config(tmp_path, f"echo 'Welcome to the {edit} test build {run}' > /etc/motd\n")
-        out = tmp_path / edit
-        amberpi("--config", str(config), "--output", str(out), check=True)
-        reports.append(json.loads((out / "amberpi-qemu.report.json").read_text()))
-        initrds.append(read_iso_file(extract_partition(out / "amberpi-qemu.img", 3, tmp_path / f"{edit}-p3.iso"), "/initrd.img"))
-    statuses = {s["name"]: s["status"] for s in reports[1]["stages"]}
-    assert (statuses["packages"], statuses["customize"], reports[1]["initramfs"]) == ("cached", "built", "reused")
+    includes = tmp_path / "includes"
+    (includes / "etc").mkdir(parents=True)
+    (includes / "etc" / "amberpi-test-word").write_text(f"first {run}\n")
+    config = hook_config(tmp_path, "env | sort > /etc/amberpi-hook-env\ncat /etc/amberpi-test-word > /etc/motd\n")
+    config.write_text(config.read_text() + f"includes_dirs: [{includes}]\n")
+
+    def build(name: str, *args: str) -> dict[str, Any]:
+        amberpi("--config", str(config), "--output", str(tmp_path / name), *args, check=True)
+        return dict(json.loads((tmp_path / name / "amberpi-qemu.report.json").read_text()))
+
+    first = build("first")
+    second = build("second", "--incremental", "strict")
+    statuses = {s["name"]: s["status"] for s in second["stages"]}
+    assert second["image_id"] != first["image_id"], "each build draws its own image id"
+    assert (statuses["customize"], statuses["squash"], statuses["bootfiles"]) == ("skipped", "cached", "cached")
+    assert all(statuses[name] == "built" for name in ("bootfs", "iso", "persistence", "disk"))
+    squashfs = squashfs_of(tmp_path / "second" / "amberpi-qemu.img", tmp_path)
+    hook_env = dict(line.split("=", 1) for line in squashfs_cat(squashfs, "etc/amberpi-hook-env").decode().splitlines())
+    assert hook_env["SOURCE_DATE_EPOCH"] == str(second["source_date_epoch"])
+    assert (hook_env["AMBERPI_SUITE"], hook_env["AMBERPI_HOSTNAME"]) == (second["suite"], "amberpi")
+    assert not [name for name in hook_env if "IMAGE_ID" in name]
+    assert not [value for value in hook_env.values() if first["image_id"] in value or second["image_id"] in value]
+
+    (includes / "etc" / "amberpi-test-word").write_text(f"second {run}\n")
+    third = build("third")
+    statuses = {s["name"]: s["status"] for s in third["stages"]}
+    assert (statuses["packages"], statuses["customize"], statuses["squash"]) == ("cached", "built", "built")
+    assert third["initramfs"] == "reused"
+    images = [tmp_path / name / "amberpi-qemu.img" for name in ("second", "third")]
+    initrds = [read_iso_file(extract_partition(image, 3, tmp_path / f"p3-{n}.iso"), "/initrd.img") for n, image in enumerate(images)]
     assert initrds[0] == initrds[1]
-    system = extract_partition(tmp_path / "second" / "amberpi-qemu.img", 2, tmp_path / "p2.iso")
-    (tmp_path / "fs.squashfs").write_bytes(read_iso_file(system, "/live/filesystem.squashfs"))
-    assert squashfs_cat(tmp_path / "fs.squashfs", "etc/motd") == f"Welcome to the second test build {run}\n".encode()
+    assert squashfs_cat(squashfs_of(images[1], tmp_path), "etc/motd") == f"second {run}\n".encode()

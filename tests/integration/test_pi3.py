@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from amberpi.fatfs import list_fat, read_fat_file
+from amberpi.filesystems.fat import list_fat, read_fat_file
 from tests.conftest import BuiltImage
 from tests.imagetools import extract_partition, partition_table
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from amberpi.errors import StageError
-from amberpi.stages.customize import newest_package_date, settle_dates
+from amberpi.stages.customize import settle_dates
+from amberpi.stages.epoch import newest_package_date
 
 
 def add_package(tree: Path, name: str, date: int) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from amberpi.cache import Cache, Incremental, changed_fields, digest_paths, stage_key
+from amberpi.cache import Cache, Incremental, changed_fields, stage_key
+from amberpi.digests import digest_paths
 
 
 def test_key_changes_with_inputs_version_and_upstream() -> None:

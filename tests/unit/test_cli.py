@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -24,8 +25,8 @@ def test_help_explains_the_build_flags() -> None:
         assert flag in result.stdout
 
 
-def test_list_boards_one_line_each() -> None:
-    result = amberpi("--list-boards")
+def test_boards_one_line_each() -> None:
+    result = amberpi("boards")
     assert result.returncode == 0
     lines = result.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["pi3", "pi4", "qemu"]
@@ -92,6 +93,30 @@ def test_output_folder_not_writable() -> None:
 def test_front_door_runs_from_any_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """`python3 /path/to/build.py` from another folder: the checkout's package, the user's paths."""
     (tmp_path / "amberpi").mkdir()  # a folder of that name here must not shadow the package
-    result = subprocess.run(["python3", str(REPO / "build.py"), "--list-boards"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(["python3", str(REPO / "build.py"), "boards"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "qemu" in result.stdout
+
+
+def test_only_the_first_token_is_a_verb() -> None:
+    """Before: `--output build` was taken for the verb `build` and the folder went missing."""
+    from amberpi.cli import parse_args
+
+    args = parse_args(["--output", "build", "--board", "pi3"])
+    assert args.verb == "build" and args.output == "build"
+    assert parse_args(["summary", "--output", "clean"]).output == "clean"
+
+
+def test_builder_base_is_a_verb_and_the_old_flag_still_works() -> None:
+    from amberpi.cli import parse_args
+
+    assert parse_args(["builder-base"]).verb == "builder-base"
+    assert parse_args(["--bootstrap-builder-base"]).bootstrap_builder_base is True
+
+
+def test_summary_json_never_prints_the_password_hash(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text('root_password_hash: "$6$salt$thehash"\n')
+    result = amberpi("summary", "--json", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "thehash" not in result.stdout and '"root_password_hash": "(set)"' in result.stdout

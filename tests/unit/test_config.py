@@ -125,3 +125,42 @@ def test_source_date_epoch_from_file_or_environment(tmp_path: Path, monkeypatch:
     with pytest.raises(ConfigError) as error:
         load_config()
     assert "environment (SOURCE_DATE_EPOCH)" in error.value.render() and "not a whole number" in error.value.render()
+
+
+def test_board_file_problems_come_with_the_config_problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One pass, one error: a broken board file and a broken config are reported together."""
+    from amberpi import config as config_module
+
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    (boards / "odd.yaml").write_text("description: x\nfirmware: bios\ndevice_trees: [not-a-tree]\nconfig_txt: [{filter: pi3}]\nspeed: 3\n")
+    monkeypatch.setattr(config_module, "BOARDS_DIR", boards)
+    problems = problems_of(write(tmp_path, "hostname: Bad_Name\n"), board="odd")
+    text = "\n".join(problems)
+    assert "hostname: 'Bad_Name' is not a valid hostname" in text
+    assert "odd.yaml: firmware: 'bios' is not supported" in text
+    assert "odd.yaml: device_trees: 'not-a-tree' is not a device tree path" in text
+    assert "odd.yaml: config_txt[0].device_tree: missing" in text
+    assert "odd.yaml: speed: unknown key" in text
+    assert len(problems) >= 4
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('kernel_cmdline: "quiet\\" rescue"\n', "kernel_cmdline: "),
+        ("kernel_cmdline: quiet $root\n", "is not a kernel command line GRUB can carry"),
+        ("kernel_tries: 0\n", "kernel_tries: 0 is out of range"),
+        ('root_password_hash: "$6$salt:with:colons"\n', "root_password_hash: not a crypt(3) hash"),
+        ("output: ''\n", "output: must not be empty"),
+    ],
+)
+def test_values_that_would_break_what_they_are_pasted_into(tmp_path: Path, text: str, message: str) -> None:
+    assert any(message in problem for problem in problems_of(write(tmp_path, text)))
+
+
+def test_a_config_that_is_not_utf8_or_is_a_folder(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"hostname: \xff\xfe\n")
+    assert any("is not UTF-8 text" in p for p in problems_of(binary))
+    assert any("is a folder" in p for p in problems_of(tmp_path))

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from amberpi.fatfs import list_fat, make_fat, read_fat_file
-from amberpi.isofs import list_iso, make_iso, read_iso_file, volume_id
-from amberpi.stages.persistence import make_ext4, partition_uuid
+from amberpi.filesystems.ext4 import make_ext4
+from amberpi.filesystems.fat import list_fat, make_fat, read_fat_file
+from amberpi.filesystems.iso9660 import list_iso, make_iso, read_iso_file, volume_id
+from amberpi.identity import ImageIdentity
 from tests.conftest import EPOCH
+
+OTHER_UUID = ImageIdentity("x").partition_uuid("y")
 
 
 def make_tree(root: Path) -> Path:
@@ -63,7 +66,7 @@ def test_ext4_round_trip(tmp_path: Path) -> None:
     tree.mkdir()
     (tree / "persistence.conf").write_text("/ union\n")
     image = tmp_path / "p4.img"
-    fs_uuid = partition_uuid("1a2b3c4d", "persistence")
+    fs_uuid = ImageIdentity("1a2b3c4d").partition_uuid("persistence")
     make_ext4(tree, image, size_mib=64, label="amberpi-1a2b3c4d", fs_uuid=fs_uuid, epoch=EPOCH)
     cat = subprocess.run(["debugfs", "-R", "cat /persistence.conf", str(image)], capture_output=True, text=True, check=True)
     assert cat.stdout == "/ union\n"
@@ -79,7 +82,7 @@ def test_same_tree_and_epoch_give_the_same_bytes(tmp_path: Path) -> None:
         tree = make_tree(tmp_path / run / "tree")
         make_iso(tree, tmp_path / run / "p.iso", volume_id="AMBERPI_SYS_1A2B3C4D", epoch=EPOCH)
         make_fat(tree, tmp_path / run / "p.fat", size_mib=64, label="AMBERPI", volume_id="1a2b3c4d", epoch=EPOCH)
-        make_ext4(tree, tmp_path / run / "p.ext4", size_mib=64, label="amberpi-1a2b3c4d", fs_uuid=partition_uuid("x", "y"), epoch=EPOCH)
+        make_ext4(tree, tmp_path / run / "p.ext4", size_mib=64, label="amberpi-1a2b3c4d", fs_uuid=OTHER_UUID, epoch=EPOCH)
         for kind, suffix in (("iso", "iso"), ("fat", "fat"), ("ext4", "ext4")):
             images[kind].append((tmp_path / run / f"p.{suffix}").read_bytes())
         time.sleep(1.1)  # the clock moves on between the two runs

@@ -15,19 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from amberpi.fatfs import make_fat
-from amberpi.files import sha256_file
-from amberpi.isofs import make_iso
+from amberpi.config import Config
+from amberpi.digests import sha256_file
+from amberpi.filesystems.ext4 import make_ext4
+from amberpi.filesystems.fat import make_fat
+from amberpi.filesystems.iso9660 import make_iso
 from amberpi.layout import plan_layout
 from amberpi.render import write_rendered
-from amberpi.stages.bootfs import GRUBENV_BYTES, KERNEL_TRIES, write_grubenv
+from amberpi.stages.bootfs import GRUBENV_BYTES, write_grubenv
 from amberpi.stages.disk import write_disk
-from amberpi.stages.persistence import make_ext4
 from tests.conftest import EPOCH
 
 IMAGE_ID = "1a2b3c4d"
 KERNEL_LABEL = "AMBERPI_KRN_1A2B3C4D"
 FACTORY = "6.12.1-arm64"
+KERNEL_TRIES = Config().kernel_tries
 NEW = "7.3.4-arm64"
 OLD = "6.16.3-arm64"  # good before NEW was installed: the fallback kept on p3
 MODULES = f"rw/usr/lib/modules/{NEW}"
@@ -45,6 +47,7 @@ class Scenario:
     previous: str | None = None  # a fallback kernel kept in /previous on p3
     previous_modules: str | None = OLD_MODULES
     corrupt_previous: bool = False
+    kernel_tries: int = KERNEL_TRIES
 
 
 @dataclass
@@ -66,7 +69,7 @@ def build_disk(folder: Path, case: Scenario) -> Path:
         cmdline="boot=live",
         kernel_label=KERNEL_LABEL,
         factory_version=FACTORY,
-        tries=KERNEL_TRIES,
+        tries=case.kernel_tries,
     )
     variables = [("amberpi_state", case.state), ("amberpi_version", case.version)]
     if case.tries is not None:
@@ -122,9 +125,13 @@ def read_grubenv(disk: Path) -> dict[str, str]:
 
 
 def decide(tmp_path: Path, case: Scenario) -> Decision:
-    disk = build_disk(tmp_path, case)
+    return boot(tmp_path, build_disk(tmp_path, case))
+
+
+def boot(tmp_path: Path, disk: Path) -> Decision:
+    """One boot of the disk as far as GRUB's menu decides it: what it boots, and what it saved."""
     (tmp_path / "device.map").write_text(f"(hd0) {disk}\n")
-    (tmp_path / "emu").mkdir()
+    (tmp_path / "emu").mkdir(exist_ok=True)
     commands = [
         "set prefix=(hd0,msdos1)/grub",
         "source ${prefix}/grub.cfg",
@@ -254,3 +261,14 @@ def test_the_fallback_boots_when_the_current_kernel_cannot(tmp_path: Path, case:
 )
 def test_the_factory_kernel_boots_when_the_fallback_cannot(tmp_path: Path, case: Scenario) -> None:
     assert decide(tmp_path, case).default == "factory"
+
+
+@pytest.mark.parametrize("tries", [1, 3])
+def test_kernel_tries_is_the_number_of_trial_boots(tmp_path: Path, tries: int) -> None:
+    """kernel_tries=N: a new kernel that never confirms boots N times on trial, then never again."""
+    disk = build_disk(tmp_path, Scenario(state="new", kernel_tries=tries))
+    decisions = [boot(tmp_path, disk) for _ in range(tries + 2)]
+    assert [d.mode for d in decisions] == ["trial"] * tries + ["factory", "factory"]
+    assert [d.grubenv.get("amberpi_tries") for d in decisions[:tries]] == [str(n) for n in range(1, tries + 1)]
+    assert decisions[tries].grubenv["amberpi_state"] == "bad"
+    assert f"did not confirm a good boot in {tries} tries" in decisions[tries].why

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from amberpi import hostsetup
 from amberpi.errors import BackendError, ToolMissing
+from tests.fakes import GOOD_ENTRY, binfmt
 
 
 def test_missing_tool_without_apt_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hostsetup.shutil, "which", lambda tool: None)
     with pytest.raises(ToolMissing) as info:
-        hostsetup.install_host_packages(["squashfs-tools"])
+        hostsetup.install_tools(["mksquashfs"])
     text = info.value.render()
     assert "host tool `mksquashfs` is not installed" in text
     assert "apt-get install squashfs-tools" in text
@@ -26,7 +29,7 @@ def test_failed_install_says_what_to_install(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(hostsetup.shutil, "which", lambda tool: "/usr/bin/" + tool)
     monkeypatch.setattr(hostsetup, "run", failing_run)
     with pytest.raises(BackendError) as info:
-        hostsetup.install_host_packages(["debootstrap"])
+        hostsetup.install_tools(["debootstrap"])
     assert "apt-get install debootstrap" in info.value.render()
 
 
@@ -46,3 +49,30 @@ def test_emulated_cpu_defaults_to_one_without_pointer_authentication(monkeypatch
     assert base_env()["QEMU_CPU"] == EMULATED_CPU == "cortex-a72"
     monkeypatch.setenv("QEMU_CPU", "max")
     assert base_env()["QEMU_CPU"] == "max", "the user's choice wins"
+
+
+# --- arm64 emulation --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "mounted", "problem", "fix"),
+    [
+        (None, False, "binfmt_misc is not mounted at", "sudo mount -t binfmt_misc binfmt_misc"),
+        (None, True, "qemu-aarch64 is not registered with binfmt_misc", "apt-get install qemu-user-static binfmt-support"),
+        ("enabled\nflags: P\n", True, "registered without the F (fix binary) flag", "echo -1 | sudo tee"),
+        ("disabled\nflags: PF\n", True, "is disabled", "dnf install qemu-user-static"),
+    ],
+)
+def test_binfmt_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, entry: str | None, mounted: bool, problem: str, fix: str) -> None:
+    monkeypatch.setattr(hostsetup, "BINFMT_DIR", binfmt(tmp_path, entry, mounted=mounted))
+    with pytest.raises(BackendError) as info:
+        hostsetup.ensure_arm64_emulation(fix=False)
+    text = info.value.render()
+    assert problem in text and fix in text
+    assert ":qemu-aarch64:M::" in text and ":FP'" in text, "the one-off registration is spelled out"
+
+
+def test_binfmt_ready(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(hostsetup, "BINFMT_DIR", binfmt(tmp_path, GOOD_ENTRY))
+    assert hostsetup.arm64_emulation_problem() is None
+    hostsetup.ensure_arm64_emulation(fix=False)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from time import struct_time
 from types import ModuleType
 from typing import Any
 
@@ -45,7 +46,7 @@ class _FixedClock:
     def time(self) -> float:
         return float(self.epoch)
 
-    def localtime(self, seconds: float | None = None) -> time.struct_time:
+    def localtime(self, seconds: float | None = None) -> struct_time:
         return time.gmtime(self.epoch if seconds is None else seconds)
 
     def __getattr__(self, name: str) -> Any:
@@ -58,14 +59,15 @@ _PYCDLIB_CLOCK_USERS: tuple[ModuleType, ...] = (pycdlib.pycdlib, pycdlib.headerv
 
 @contextmanager
 def _pycdlib_clock(epoch: int) -> Iterator[None]:
-    saved = [module.time for module in _PYCDLIB_CLOCK_USERS]  # type: ignore[attr-defined]
+    saved = [module.time for module in _PYCDLIB_CLOCK_USERS]
     for module in _PYCDLIB_CLOCK_USERS:
+        # Assigning to a module's attribute is opaque to mypy (ModuleType has no `time`): justified.
         module.time = _FixedClock(epoch)  # type: ignore[attr-defined]
     try:
         yield
     finally:
         for module, original in zip(_PYCDLIB_CLOCK_USERS, saved, strict=True):
-            module.time = original  # type: ignore[attr-defined]
+            module.time = original  # type: ignore[attr-defined]  # as above
 
 
 def make_iso(source: Path, target: Path, *, volume_id: str, epoch: int) -> None:
@@ -74,14 +76,14 @@ def make_iso(source: Path, target: Path, *, volume_id: str, epoch: int) -> None:
     Same tree, same epoch: the same bytes (reproducible builds).
     """
     with _pycdlib_clock(epoch):
-        iso = pycdlib.PyCdlib()
+        iso = pycdlib.pycdlib.PyCdlib()
         iso.new(interchange_level=3, rock_ridge=ROCK_RIDGE, vol_ident=volume_id, sys_ident="LINUX", app_ident_str="AMBERPI")
         _add_dir(iso, source, "/", "/")
         iso.write(str(target))
         iso.close()
 
 
-def _add_dir(iso: pycdlib.PyCdlib, folder: Path, iso_dir: str, rr_dir: str) -> None:
+def _add_dir(iso: pycdlib.pycdlib.PyCdlib, folder: Path, iso_dir: str, rr_dir: str) -> None:
     taken: set[str] = set()
     for item in sorted(folder.iterdir(), key=lambda p: p.name):
         short = _short_name(item.name, taken, item.is_dir())
@@ -97,7 +99,7 @@ def _add_dir(iso: pycdlib.PyCdlib, folder: Path, iso_dir: str, rr_dir: str) -> N
 
 def list_iso(path: Path) -> dict[str, int]:
     """Rock Ridge path → size for every file in an ISO (used to read images back)."""
-    iso = pycdlib.PyCdlib()
+    iso = pycdlib.pycdlib.PyCdlib()
     iso.open(str(path))
     files: dict[str, int] = {}
     try:
@@ -114,7 +116,7 @@ def list_iso(path: Path) -> dict[str, int]:
 def read_iso_file(path: Path, rr_path: str) -> bytes:
     import io
 
-    iso = pycdlib.PyCdlib()
+    iso = pycdlib.pycdlib.PyCdlib()
     iso.open(str(path))
     try:
         buffer = io.BytesIO()
@@ -125,9 +127,9 @@ def read_iso_file(path: Path, rr_path: str) -> bytes:
 
 
 def volume_id(path: Path) -> str:
-    iso = pycdlib.PyCdlib()
+    iso = pycdlib.pycdlib.PyCdlib()
     iso.open(str(path))
     try:
-        return iso.pvd.volume_identifier.decode().strip()
+        return str(iso.pvd.volume_identifier.decode().strip())
     finally:
         iso.close()

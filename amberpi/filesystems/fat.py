@@ -5,8 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from amberpi.files import set_mtimes
 from amberpi.run import run
+from amberpi.trees import set_mtimes
 
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
 

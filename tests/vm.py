@@ -1,6 +1,6 @@
 """Boot an image in qemu-system-aarch64 (-M virt, AAVMF UEFI) and drive its serial console.
 
-Used by the `boot` verb and by the end-to-end tests. TCG emulation is slow:
+Used by the end-to-end tests (tests/boot). TCG emulation is slow:
 allow minutes, not seconds, for a boot.
 """
 

@@ -1,0 +1,152 @@
+"""Operations on file trees: resolve inside a root, copy, copy over, link, move, date, remove."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from amberpi.errors import StageError
+from amberpi.mounts import ensure_unmounted
+from amberpi.run import run
+
+
+def resolve_inside(root: Path, path: str) -> Path:
+    """Resolve `path` inside `root` following symlinks, never escaping root."""
+    root = root.resolve()
+    current = root
+    parts = [p for p in Path(path).parts if p not in ("/", "")]
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            current = current.parent if current != root else root
+            continue
+        candidate = current / part
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise StageError(f"too many symlinks resolving {path} in {root}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                current = root
+            parts = [p for p in Path(target).parts if p not in ("/", "")] + parts
+            continue
+        current = candidate
+    return current
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """Copy a rootfs preserving owners, modes, links, devices and xattrs."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        remove_tree(target)
+    run(["cp", "-a", "--reflink=auto", str(source), str(target)], label="cp")
+
+
+def copy_over(source: Path, tree: Path) -> None:
+    """Copy a folder's contents over a rootfs, following no symlink out of it; files become root's."""
+    for item in sorted(source.rglob("*")):
+        rel = item.relative_to(source)
+        if item.name == ".gitkeep":
+            continue
+        target = resolve_inside(tree, str(rel))
+        if item.is_dir() and not item.is_symlink():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() or target.is_symlink():
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        if item.is_symlink():
+            os.symlink(os.readlink(item), target)
+        else:
+            shutil.copy2(item, target)
+            os.chown(target, 0, 0)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link when on the same file system (cheap for the squashfs), else copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def move_file(source: Path, target: Path) -> None:
+    """Rename, or copy keeping holes when target is on another file system (a sparse image stays sparse)."""
+    try:
+        os.rename(source, target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    run(["cp", "--sparse=always", "--preserve=mode,timestamps", str(source), str(target)], label="cp")
+    source.unlink()
+
+
+def set_mtimes(tree: Path, epoch: int) -> None:
+    """Pin every time in a staging tree the build wrote itself (copies, not links into the cache)."""
+    for path in [*tree.rglob("*"), tree]:
+        if not path.is_symlink():
+            os.utime(path, (epoch, epoch))
+
+
+@contextmanager
+def replaced_file(path: Path, content: bytes | None, mode: int = 0o644) -> Iterator[None]:
+    """Put `content` at path for the duration of the block; the original comes back afterwards."""
+    backup = path.with_name(path.name + ".amberpi-orig")
+    had_original = path.exists() or path.is_symlink()
+    if had_original:
+        os.replace(path, backup)
+    try:
+        if content is not None:
+            path.write_bytes(content)
+            path.chmod(mode)
+        yield
+    finally:
+        if path.exists() or path.is_symlink():
+            path.unlink()
+        if had_original:
+            os.replace(backup, path)
+
+
+def foreign_mounts(path: Path) -> list[str]:
+    """Folders below path on another file system than path itself: mounts nobody told us about."""
+    device = path.lstat().st_dev
+    found = []
+    for folder, subfolders, _files in os.walk(path):
+        for name in list(subfolders):
+            child = Path(folder) / name
+            try:
+                info = child.lstat()
+            except FileNotFoundError:
+                continue
+            if info.st_dev != device:
+                found.append(str(child))
+                subfolders.remove(name)
+    return found
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a build tree, never through a mount: unmount what is ours, refuse what is not."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    ensure_unmounted(path)
+    crossing = foreign_mounts(path)
+    if crossing:
+        raise StageError(
+            f"{path} holds other file systems; not deleting it",
+            where=", ".join(crossing[:5]),
+            hint="unmount them first",
+        )
+    shutil.rmtree(path)
