@@ -1,0 +1,57 @@
+"""Tree operations and the mount table: paths with any character, never deleting through a mount."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from amberpi.errors import StageError, cleanup_after
+from amberpi.mounts import decode_mount_field, mounted_under
+from amberpi.trees import move_file, resolve_inside
+
+
+def test_mount_table_escapes_are_all_decoded(tmp_path: Path) -> None:
+    """Before: only \\040 was decoded, so a build folder with a backslash or tab hid its mounts."""
+    root = tmp_path / "odd\\name\tx y"
+    root.mkdir()
+    table = tmp_path / "mounts"
+    escaped = str(root).replace("\\", "\\134").replace("\t", "\\011").replace(" ", "\\040")
+    table.write_text(f"proc {escaped}/proc proc rw 0 0\nsysfs /sys sysfs rw 0 0\n")
+    assert mounted_under(root, table) == [f"{root}/proc"]
+    assert decode_mount_field("a\\012b") == "a\nb"
+
+
+def test_resolve_inside_never_escapes(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "evil").symlink_to("/etc/passwd")
+    assert resolve_inside(root, "etc/evil") == root.resolve() / "etc" / "passwd"
+    assert resolve_inside(root, "../../etc/shadow") == root.resolve() / "etc" / "shadow"
+
+
+def test_move_file_keeps_the_content(tmp_path: Path) -> None:
+    source = tmp_path / "a.img"
+    source.write_bytes(b"image")
+    move_file(source, tmp_path / "b.img")
+    assert not source.exists() and (tmp_path / "b.img").read_bytes() == b"image"
+
+
+def test_a_failing_cleanup_never_hides_the_first_error() -> None:
+    """Before: an unmount that failed while a stage's error unwound replaced that error."""
+
+    def broken_cleanup() -> None:
+        raise StageError("umount: target is busy")
+
+    with pytest.raises(RuntimeError) as error, cleanup_after(broken_cleanup):
+        raise RuntimeError("the hook failed")
+    assert str(error.value) == "the hook failed"
+    assert error.value.__notes__ == ["cleaning up after this error failed too: umount: target is busy"]
+
+
+def test_a_failing_cleanup_is_an_error_of_its_own_after_success() -> None:
+    def broken_cleanup() -> None:
+        raise StageError("umount: target is busy")
+
+    with pytest.raises(StageError), cleanup_after(broken_cleanup):
+        pass
