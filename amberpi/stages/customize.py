@@ -17,6 +17,7 @@ The rootfs is shared by every board and every image id: hooks see neither.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,14 +84,20 @@ def initramfs_key(tree: Path, version: str, epoch: int) -> tuple[str, dict[str, 
 
 
 def kernel_version(tree: Path) -> str:
-    kernels = sorted(p.name.removeprefix("vmlinuz-") for p in (tree / "boot").glob("vmlinuz-*"))
+    """The newest installed kernel, by Debian's version order (6.12.10 is newer than 6.12.9)."""
+    kernels = [p.name.removeprefix("vmlinuz-") for p in (tree / "boot").glob("vmlinuz-*")]
     if not kernels:
         raise StageError(
             "no kernel was installed in the rootfs",
             where="stage customize, /boot/vmlinuz-*",
             hint="keep linux-image-arm64 in package-lists/",
         )
-    return kernels[-1]
+    return max(kernels, key=debian_version_key)
+
+
+def debian_version_key(version: str) -> list[tuple[int, str]]:
+    """A sort key for the upstream part of kernel versions: digit runs compare as numbers."""
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.findall(r"\d+|[^\d.+~-]+", version)]
 
 
 # Folders emptied at the end of every build. Whether a tool used them on the way

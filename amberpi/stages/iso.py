@@ -102,7 +102,7 @@ class IsoStage(Stage[IsoInputs]):
         kernel_bytes = (out / "p3.iso").stat().st_size
         if kernel_bytes > inputs.kernel_size_mib << 20:
             raise StageError(
-                f"the kernel partition needs {kernel_bytes >> 20} MiB but kernel_size_mib is {inputs.kernel_size_mib}",
+                f"the kernel partition needs {-(-kernel_bytes >> 20)} MiB but kernel_size_mib is {inputs.kernel_size_mib}",
                 where="stage iso, p3",
                 hint="raise kernel_size_mib in your config",
             )
