@@ -3,7 +3,7 @@
 The builder image is tagged by a content hash of docker/, requirements.txt, the
 build arguments and the base image's id, so it is rebuilt only when one of them
 changes. No registry is needed: the base image `amberpi/debian-base:bookworm`
-can be debootstrapped on this host and imported (`--bootstrap-builder-base`);
+can be debootstrapped on this host and imported (`python3 build.py builder-base`);
 only when it is missing is the official `debian:bookworm` pulled instead.
 """
 
@@ -88,9 +88,7 @@ def import_result_error(result: Any) -> str | None:
 def bootstrap_base_image(client: Any, mirror: str, cache_dir: Path) -> str:
     """Debootstrap the base suite (minbase, this host's architecture) and import it as BASE_IMAGE."""
     if os.geteuid() != 0:
-        raise UsageError(
-            "creating the builder's base image needs root (debootstrap)", hint="sudo python3 build.py --bootstrap-builder-base"
-        )
+        raise UsageError("creating the builder's base image needs root (debootstrap)", hint="sudo python3 build.py builder-base")
     if which("debootstrap") is None:
         raise ToolMissing("debootstrap", "debootstrap")
     arch = host_arch()
@@ -143,7 +141,7 @@ def ensure_base_image(client: Any) -> str:
     except docker.errors.APIError as exc:
         raise BackendError(
             f"the builder's base image {BASE_IMAGE} does not exist and {name}:{tag} cannot be pulled ({exc.explanation or exc})",
-            hint="create it on this host, no registry needed: sudo python3 build.py --bootstrap-builder-base",
+            hint="create it on this host, no registry needed: sudo python3 build.py builder-base",
         ) from None
     image.tag(BASE_REPOSITORY, BASE_SUITE)
     return str(image.id)

@@ -319,7 +319,7 @@ class DockerBackend:
         try:
             client.images.get(BASE_IMAGE)
         except docker.errors.ImageNotFound:
-            LOG.note(f"note: the base image {BASE_IMAGE} is missing; create it with `sudo python3 build.py --bootstrap-builder-base`")
+            LOG.note(f"note: the base image {BASE_IMAGE} is missing; create it with `sudo python3 build.py builder-base`")
 
     def build(self, request: BuildRequest) -> int:
         if request.keep_workspace:

@@ -90,7 +90,7 @@ def builder_image(docker_client: Any) -> str:
         docker_client.images.get(BASE_IMAGE)
     except docker.errors.ImageNotFound:
         started = time.monotonic()
-        amberpi("--bootstrap-builder-base", check=True)
+        amberpi("builder-base", check=True)
         record(f"base image {BASE_IMAGE} made in {time.monotonic() - started:.0f}s")
     started = time.monotonic()
     tag = ensure_builder_image(docker_client)

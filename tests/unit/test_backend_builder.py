@@ -50,7 +50,7 @@ def test_missing_base_without_registry(monkeypatch: pytest.MonkeyPatch) -> None:
         builder.ensure_builder_image(client)
     text = info.value.render()
     assert "the builder's base image amberpi/debian-base:bookworm does not exist and debian:bookworm cannot be pulled" in text
-    assert "sudo python3 build.py --bootstrap-builder-base" in text
+    assert "sudo python3 build.py builder-base" in text
     assert client.built == []
 
 
@@ -71,4 +71,4 @@ def test_bootstrap_base_needs_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setattr(builder.os, "geteuid", lambda: 1000)
     with pytest.raises(UsageError) as info:
         builder.bootstrap_base_image(FakeClient(), MIRROR, tmp_path)
-    assert "sudo python3 build.py --bootstrap-builder-base" in info.value.render()
+    assert "sudo python3 build.py builder-base" in info.value.render()
