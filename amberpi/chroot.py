@@ -36,6 +36,8 @@ class ChrootSession:
                 ("sysfs", "sys", "sysfs", ("ro", "nosuid", "nodev", "noexec")),
                 ("/dev", "dev", None, ("bind",)),
                 ("devpts", "dev/pts", "devpts", ("gid=5", "mode=620", "ptmxmode=666")),
+                # Its own /dev/shm: POSIX shared memory must not land in the host's /dev.
+                ("tmpfs", "dev/shm", "tmpfs", ("mode=1777", "nosuid", "nodev")),
                 ("tmpfs", "run", "tmpfs", ("mode=755", "nosuid", "nodev")),
             ]
             if self.apt_cache:

@@ -79,9 +79,12 @@ class FirmwareStage(Stage[FirmwareInputs]):
             mirror=inputs.mirror,
             suite=inputs.suite,
         )
+        (apt_root / "apt.conf.d").mkdir()
+        write_rendered(apt_root / "apt.conf", "firmware.apt.conf.j2", main=apt_root / "apt.conf", parts=apt_root / "apt.conf.d")
         options = private_apt_options(apt_root)
-        run(["apt-get", *options, "update"], label="apt", where="stage firmware", hint="check that --mirror is reachable")
-        run(["apt-get", *options, "download", *inputs.packages], cwd=apt_root / "debs", label="apt")
+        env = {"APT_CONFIG": str(apt_root / "apt.conf")}
+        run(["apt-get", *options, "update"], env=env, label="apt", where="stage firmware", hint="check that --mirror is reachable")
+        run(["apt-get", *options, "download", *inputs.packages], env=env, cwd=apt_root / "debs", label="apt")
         debs = sorted((apt_root / "debs").glob("*.deb"))
         for deb in debs:
             run(["dpkg-deb", "-x", str(deb), str(files)], label="dpkg-deb")

@@ -49,7 +49,7 @@ DTB = "broadcom/bcm2711-rpi-4-b.dtb"
 SECURITY = "http://security.example/debian-security"
 PASSWORD_HASH = "$6$salt$0123456789abcdef"
 # The chroot as a session mounts it (amberpi/chroot.py), in order.
-CHROOT_MOUNTS = ["proc", "sys", "dev", "dev/pts", "run", "var/cache/apt/archives"]
+CHROOT_MOUNTS = ["proc", "sys", "dev", "dev/pts", "dev/shm", "run", "var/cache/apt/archives"]
 
 
 def epoch() -> Artefact:
@@ -152,6 +152,7 @@ def test_chroot_session_mounts_a_fresh_read_only_sysfs_and_releases_everything(f
         ["mount", "-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", str(root / "sys")],
         ["mount", "-o", "bind", "/dev", str(root / "dev")],
         ["mount", "-t", "devpts", "-o", "gid=5,mode=620,ptmxmode=666", "devpts", str(root / "dev/pts")],
+        ["mount", "-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", str(root / "dev/shm")],
         ["mount", "-t", "tmpfs", "-o", "mode=755,nosuid,nodev", "tmpfs", str(root / "run")],
         ["mount", "-o", "bind", str(apt_cache), str(root / "var/cache/apt/archives")],
     ]
@@ -516,7 +517,9 @@ def test_bootfiles_keeps_a_copy_of_customizes_boot_folder(tmp_path: Path) -> Non
 def test_firmware_downloads_with_a_private_apt_state_and_unpacks(fake_tools: FakeTools, tmp_path: Path) -> None:
     out = out_dir(tmp_path)
     debs = out / "apt" / "debs"
-    fake_tools.add("apt-get", creates=[str(debs / "u-boot-rpi_2025.01_arm64.deb"), str(debs / "raspi-firmware_1.2_arm64.deb")])
+    fake_tools.add(
+        "apt-get", creates=[str(debs / "u-boot-rpi_2025.01_arm64.deb"), str(debs / "raspi-firmware_1.2_arm64.deb")], record_env=True
+    )
     fake_tools.add("dpkg-deb")
     artefact = FirmwareStage().run(FirmwareInputs("raspi", "trixie", MIRROR, ("raspi-firmware", "u-boot-rpi")), {}, out)
     update, download = fake_tools.calls("apt-get")
@@ -535,6 +538,9 @@ def test_firmware_downloads_with_a_private_apt_state_and_unpacks(fake_tools: Fak
         .read_text()
         .endswith(f"deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {MIRROR} trixie main non-free-firmware\n")
     )
+    # The host's apt.conf.d is not read: no unkeyed host setting changes what is fetched.
+    assert all(env["APT_CONFIG"] == str(out / "apt/apt.conf") for env in fake_tools.env("apt-get"))
+    assert 'Dir::Etc::Parts "' + str(out / "apt/apt.conf.d") + '";' in (out / "apt/apt.conf").read_text()
     assert fake_tools.calls("dpkg-deb") == [
         ["dpkg-deb", "-x", str(debs / "raspi-firmware_1.2_arm64.deb"), str(out / "files")],
         ["dpkg-deb", "-x", str(debs / "u-boot-rpi_2025.01_arm64.deb"), str(out / "files")],
