@@ -93,6 +93,11 @@ def setting(
     return field(default=default, metadata=meta)
 
 
+def section(cls: type, help: str) -> Any:
+    """Declare a nested section of settings (a mapping in YAML), itself a settings dataclass."""
+    return field(default_factory=cls, metadata={"help": help, "section": True, "cli": False})
+
+
 SUITES = ("bookworm", "trixie", "forky", "sid")
 COMPRESSIONS = ("zstd", "xz", "lz4", "gzip")
 IMAGE_COMPRESSIONS = ("none", "xz")
@@ -108,6 +113,52 @@ URL = Pattern(r"(https?|file)://\S+", "a URL", "e.g. http://HOST/debian")
 CMDLINE = Pattern(r"[^\"$\\`;\n\r]*", "a kernel command line GRUB can carry", 'no " $ \\ ` ; or line breaks')
 CONSOLE = Pattern(r"tty[A-Za-z0-9]+(,[0-9]+[noe0-9]*)?", "a serial console", "e.g. ttyS1,115200")
 DTB = Pattern(r"[A-Za-z0-9_./-]+\.dtb", "a device tree path", "e.g. broadcom/bcm2837-rpi-3-b.dtb")
+
+
+MODES = ("persistent", "readonly", "toram", "toram-persistent")
+ABSOLUTE_PATH = Pattern(r"/[A-Za-z0-9._@+-]+(/[A-Za-z0-9._@+-]+)*", "an absolute path", "e.g. /home or /var/lib/myapp")
+GPIO_SPEC = Pattern(r"auto|off|gpiochip[0-9]+:[0-9]+", "a GPIO line", "gpiochipN:LINE (e.g. gpiochip0:17), `off`, or `auto`")
+ZRAM_ALGORITHMS = ("zstd", "lz4", "lzo-rle", "lzo")
+LEVELS = ("low", "high")
+
+
+@dataclass(frozen=True)
+class Resilience:
+    """How the device treats its card: the `resilience:` section of the build config."""
+
+    mode: str = setting(
+        "persistent",
+        "the default mode: persistent (changes kept on p4), readonly (changes in RAM, the card never written), "
+        "toram (the system copied to RAM, nothing kept), toram-persistent (the system in RAM, changes kept on p4)",
+        choices=MODES,
+    )
+    maintenance_mode: str = setting("persistent", "the mode the GPIO jumper switches a boot to", choices=MODES)
+    persistent_paths: list[str] = setting(
+        [], "in persistent modes, keep only these folders on p4 (e.g. /home); empty: the whole root", item_pattern=ABSOLUTE_PATH
+    )
+    ram_paths: list[str] = setting(
+        ["/var/log", "/var/tmp"], "folders on a tmpfs in every mode, sparing the card (/tmp always is)", item_pattern=ABSOLUTE_PATH
+    )
+    journal_max_mib: int = setting(32, "the journal's size cap in RAM (MiB)", low=4, high=1024)
+    journal_save_minutes: int = setting(
+        0, "in persistent modes, copy the journal to p4 every N minutes as well as at shutdown (0: at shutdown only)", low=0, high=1440
+    )
+    zram_percent: int = setting(50, "zram swap, in % of RAM (0: none)", low=0, high=100)
+    zram_algorithm: str = setting("zstd", "zram compression", choices=ZRAM_ALGORITHMS)
+    panic_reboot_seconds: int = setting(10, "a panicked kernel reboots after this many seconds", low=1, high=3600)
+    watchdog_seconds: int = setting(15, "the hardware watchdog's timeout; systemd feeds it, a hung system reboots", low=1, high=600)
+    jumper: str = setting(
+        "auto", "boot-time jumper that switches to maintenance_mode: gpiochipN:LINE, off, or auto (the board's)", pattern=GPIO_SPEC
+    )
+    jumper_active: str = setting("low", "the level the jumper reads when set (low: it connects the line to ground)", choices=LEVELS)
+    halt_button: str = setting(
+        "auto", "button that shuts the device down cleanly: gpiochipN:LINE, off, or auto (the board's)", pattern=GPIO_SPEC
+    )
+    halt_active: str = setting("low", "the level the halt button reads when pressed", choices=LEVELS)
+    toram_margin_mib: int = setting(
+        256, "RAM toram leaves free beside the system's copy, or it boots readonly instead (MiB)", low=0, high=1 << 16
+    )
+    grow_persistence: bool = setting(True, "first boot grows p4 to the end of the card")
 
 
 @dataclass(frozen=True)
@@ -140,6 +191,7 @@ class Config:
     source_date_epoch: int = setting(
         0, "the build's timestamp for every file it writes (0: the newest installed package's date; SOURCE_DATE_EPOCH sets it too)", low=0
     )
+    resilience: Resilience = section(Resilience, "how the device treats its card: modes, RAM paths, zram, watchdogs, GPIO")
 
     def to_json(self, *, redact: bool = False) -> dict[str, Any]:
         """Every setting; with `redact`, secrets are replaced by whether they are set."""
@@ -151,7 +203,7 @@ class Config:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Config:
-        return cls(**data)
+        return cls(**{**data, "resilience": Resilience(**data.get("resilience", {}))})
 
     @property
     def name(self) -> str:
@@ -175,6 +227,8 @@ class Board:
     device_trees: list[str] = setting([], "device trees (from the kernel package) the board boots with", item_pattern=DTB)
     uboot: str = setting("", "U-Boot binary from u-boot-rpi, e.g. rpi_arm64/u-boot.bin")
     config_txt: list[ConfigTxtSection] = setting([], "config.txt sections: [{filter, device_tree}]")
+    gpio_jumper: str = setting("", "the jumper's line when the config says auto (gpiochipN:LINE); empty: the board has no GPIO header")
+    gpio_halt: str = setting("", "the halt button's line when the config says auto (gpiochipN:LINE)")
 
 
 SETTING_FIELDS = {f.name: f for f in fields(Config)}
@@ -249,6 +303,11 @@ def coerce(file: str, key: str, spec: dataclasses.Field[Any], expected: Any, val
         problems.append(ConfigProblem(file, key, message, hint))
 
     meta = spec.metadata
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        bad(f"{value!r} is not true or false")
+        return None
     if expected is int:
         if isinstance(value, bool) or not isinstance(value, int):
             try:
@@ -338,6 +397,28 @@ def load_board(name: str, problems: list[ConfigProblem] | None = None) -> Board:
     return dataclasses.replace(board, name=name) if board is not None else Board(name=name)
 
 
+def merge_section(
+    origin: str, key: str, cls: Any, raw: Any, values: dict[str, Any], origins: dict[str, str], problems: list[ConfigProblem]
+) -> None:
+    """A nested section's keys, layer over layer: a later layer changes only the keys it names."""
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        problems.append(ConfigProblem(origin, key, "must be a mapping of key: value"))
+        return
+    specs = {f.name: f for f in fields(cls)}
+    merged = values.setdefault(key, {})
+    for name, item in raw.items():
+        path = f"{key}.{name}"
+        if name not in specs:
+            problems.append(unknown_key_problem(origin, path, list(specs)))
+            continue
+        value = coerce(origin, path, specs[name], field_type(cls, name), item, problems)
+        if value is not None:
+            merged[name] = value
+            origins[path] = origin
+
+
 Layer = tuple[str, dict[str, Any], Path | None]  # origin, values, the folder relative paths start from
 
 
@@ -351,6 +432,9 @@ def merge_layers(layers: list[Layer], problems: list[ConfigProblem]) -> tuple[di
                 problems.append(unknown_key_problem(origin, key, list(SETTING_FIELDS)))
                 continue
             spec = SETTING_FIELDS[key]
+            if spec.metadata.get("section"):
+                merge_section(origin, key, field_type(Config, key), raw, values, origins, problems)
+                continue
             value = coerce(origin, key, spec, field_type(Config, key), raw, problems)
             if value is None:
                 continue
@@ -360,6 +444,30 @@ def merge_layers(layers: list[Layer], problems: list[ConfigProblem]) -> tuple[di
             values[key] = value
             origins[key] = origin
     return values, origins
+
+
+def gpio_line(spec: str, board_default: str) -> str:
+    """The line a jumper or button setting means on this board: gpiochipN:LINE, or "" for none."""
+    if spec == "auto":
+        return board_default
+    return "" if spec == "off" else spec
+
+
+def check_resilience(resilience: Resilience, board: Board, origins: dict[str, str], problems: list[ConfigProblem]) -> None:
+    """The rules that tie the section to the board and its keys to each other."""
+
+    def bad(key: str, message: str, hint: str | None = None) -> None:
+        problems.append(ConfigProblem(origins.get(f"resilience.{key}", "defaults"), f"resilience.{key}", message, hint))
+
+    for key, spec in (("jumper", resilience.jumper), ("halt_button", resilience.halt_button)):
+        if spec not in ("auto", "off") and not board.gpio_jumper:
+            bad(key, f"the {board.name} board has no GPIO header", "use `off` (or `auto`) on this board")
+    jumper = gpio_line(resilience.jumper, board.gpio_jumper)
+    if jumper and jumper == gpio_line(resilience.halt_button, board.gpio_halt):
+        bad("halt_button", f"{jumper} is the jumper's line too", "give the halt button a line of its own")
+    for path in resilience.ram_paths:
+        if any(path == kept or path.startswith(kept + "/") or kept.startswith(path + "/") for kept in resilience.persistent_paths):
+            bad("ram_paths", f"{path} overlaps a persistent path", "a folder is either kept or in RAM")
 
 
 def load_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -380,13 +488,14 @@ def load_config(config_file: Path | None = None, overrides: dict[str, Any] | Non
         layers.append(("command line", {k: v for k, v in overrides.items() if v is not None}, None))
     values, origins = merge_layers(layers, problems)
     merged = {name: values.get(name, getattr(Config(), name)) for name in SETTING_FIELDS}
+    merged["resilience"] = Resilience(**values.get("resilience", {}))
     boards = list(list_boards())
     board = merged["board"]
     if board not in boards:
         origin = origins.get("board", "defaults")
         problems.append(ConfigProblem(origin, "board", f"unknown board {board!r}", choice_hint(board, boards)))
     else:
-        load_board(merged["board"], problems)
+        check_resilience(merged["resilience"], load_board(merged["board"], problems), origins, problems)
     if problems:
         raise ConfigError(problems)
     host_mirror, host_security = detect_host_mirrors()
@@ -401,11 +510,16 @@ def load_config(config_file: Path | None = None, overrides: dict[str, Any] | Non
 
 def summary_lines(config: Config) -> list[str]:
     """Each setting with its value and help, for `summary`; secrets show only whether they are set."""
-    width = max(len(n) for n in SETTING_FIELDS)
     shown_values = config.to_json(redact=True)
     lines = []
+    rows: list[tuple[str, Any, str]] = []
     for name, spec in SETTING_FIELDS.items():
-        value = shown_values[name]
-        shown = json.dumps(value) if isinstance(value, list) else str(value)
-        lines.append(f"{name:<{width}}  {shown:<40}  # {spec.metadata['help']}")
+        if spec.metadata.get("section"):
+            rows += [(f"{name}.{sub.name}", shown_values[name][sub.name], sub.metadata["help"]) for sub in fields(field_type(Config, name))]
+        else:
+            rows.append((name, shown_values[name], spec.metadata["help"]))
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, help_text in rows:
+        shown = json.dumps(value) if isinstance(value, (list, bool)) else str(value)
+        lines.append(f"{name:<{width}}  {shown:<40}  # {help_text}")
     return lines

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from amberpi.config import ConfigTxtSection
+from amberpi.config import ConfigTxtSection, gpio_line
 from amberpi.context import BuildContext
 from amberpi.errors import StageError
 from amberpi.filesystems.fat import make_fat
@@ -23,6 +23,31 @@ UBOOT_NAME = "u-boot.bin"
 FIRMWARE_PATTERNS = ("bootcode.bin", "start*.elf", "fixup*.dat", "LICENCE*")
 
 
+# The menu's title for each mode, and the order marker files on p1 are honoured in:
+# lowest first, so the safest mode wins when a person left several there.
+MODE_TITLES = {
+    "persistent": "persistent (changes kept)",
+    "readonly": "read-only (changes in RAM, the card never written)",
+    "toram": "run from RAM (nothing kept; the card may be removed)",
+    "toram-persistent": "run from RAM, changes kept",
+}
+MARKER_ORDER = ("persistent", "toram-persistent", "toram", "readonly")
+# Modes that leave p4 out: only the factory kernel's modules are there (in the squashfs).
+MODES_WITHOUT_P4 = ("toram",)
+
+
+@dataclass(frozen=True)
+class BootModes:
+    """The resilience profile as far as GRUB and the initramfs take part in it."""
+
+    default: str
+    panic_reboot_seconds: int
+    jumper: str  # gpiochipN:LINE, or "" for none
+    jumper_active: str
+    maintenance_mode: str
+    toram_margin_mib: int
+
+
 @dataclass(frozen=True)
 class BootfsInputs:
     identity: ImageIdentity
@@ -36,24 +61,58 @@ class BootfsInputs:
     kernel_tries: int
     timeout: int
     size_mib: int
+    modes: BootModes
 
 
-def kernel_cmdline(inputs: BootfsInputs) -> str:
-    """live-boot finds the squashfs and persistence only on this image's partitions."""
+def kernel_cmdline(inputs: BootfsInputs, squashfs_bytes: int) -> str:
+    """What every boot passes, whatever the mode: live-boot uses only this image's partitions."""
+    modes = inputs.modes
+    # toram refuses (and boots readonly) unless the system's copy and a margin fit in RAM.
+    toram_mib = -(-squashfs_bytes >> 20) + modes.toram_margin_mib
     args = [
         "boot=live",
         f"live-media=/dev/disk/by-label/{inputs.identity.system_label}",
-        "persistence",
-        f"persistence-label={inputs.identity.persistence_label}",
         f"amberpi.id={inputs.identity.image_id}",
         "console=tty1",
         f"console={inputs.serial_console}",
         # A kernel that panics reboots, so GRUB can count the try and fall back.
-        "panic=10",
+        f"panic={modes.panic_reboot_seconds}",
+        f"amberpi.toram_mib={toram_mib}",
     ]
+    if modes.jumper:
+        args.append(f"amberpi.jumper={modes.jumper}:active-{modes.jumper_active}:{modes.maintenance_mode}")
     if inputs.extra_cmdline:
         args.append(inputs.extra_cmdline)
     return " ".join(args)
+
+
+def mode_args(identity: ImageIdentity) -> dict[str, str]:
+    """What each mode tells live-boot. readonly shows p4 as it is but writes nothing to it."""
+    persistence = f"persistence persistence-label={identity.persistence_label}"
+    return {
+        "persistent": persistence,
+        "readonly": f"{persistence} persistence-read-only",
+        "toram": "toram",
+        "toram-persistent": f"toram {persistence}",
+    }
+
+
+def render_grub_cfg(inputs: BootfsInputs, factory_version: str, squashfs_bytes: int) -> str:
+    return render(
+        "grub.cfg.j2",
+        board=inputs.board,
+        image_id=inputs.identity.image_id,
+        timeout=inputs.timeout,
+        cmdline=kernel_cmdline(inputs, squashfs_bytes),
+        kernel_label=inputs.identity.kernel_label,
+        factory_version=factory_version,
+        tries=inputs.kernel_tries,
+        default_mode=inputs.modes.default,
+        mode_args=mode_args(inputs.identity),
+        mode_titles=MODE_TITLES,
+        marker_order=MARKER_ORDER,
+        modes_without_p4=MODES_WITHOUT_P4,
+    )
 
 
 def write_grubenv(target: Path, variables: list[tuple[str, str]]) -> None:
@@ -98,11 +157,12 @@ class BootfsStage(Stage[BootfsInputs]):
     name = "bootfs"
     version = 3
     needs = ("bootfiles", "firmware")
-    uses_facts = ("customize", "epoch")
+    uses_facts = ("customize", "squash", "epoch")
     tools = ("mkfs.vfat", "mcopy")
 
     def inputs(self, build: BuildContext) -> BootfsInputs:
         b, c = build.board, build.config
+        r = c.resilience
         return BootfsInputs(
             identity=build.identity,
             board=b.name,
@@ -115,6 +175,14 @@ class BootfsStage(Stage[BootfsInputs]):
             kernel_tries=c.kernel_tries,
             timeout=GRUB_TIMEOUT,
             size_mib=c.boot_size_mib,
+            modes=BootModes(
+                default=r.mode,
+                panic_reboot_seconds=r.panic_reboot_seconds,
+                jumper=gpio_line(r.jumper, b.gpio_jumper),
+                jumper_active=r.jumper_active,
+                maintenance_mode=r.maintenance_mode,
+                toram_margin_mib=r.toram_margin_mib,
+            ),
         )
 
     def title(self, inputs: BootfsInputs) -> str:
@@ -126,17 +194,9 @@ class BootfsStage(Stage[BootfsInputs]):
         tree = out / "tree"
         (tree / "EFI" / "BOOT").mkdir(parents=True)
         shutil.copy2(boot / "BOOTAA64.EFI", tree / "EFI" / "BOOT" / "BOOTAA64.EFI")
-        write_rendered(
-            tree / "grub" / "grub.cfg",
-            "grub.cfg.j2",
-            board=inputs.board,
-            image_id=inputs.identity.image_id,
-            timeout=inputs.timeout,
-            cmdline=kernel_cmdline(inputs),
-            kernel_label=inputs.identity.kernel_label,
-            factory_version=factory_version,
-            tries=inputs.kernel_tries,
-        )
+        grub_cfg = tree / "grub" / "grub.cfg"
+        grub_cfg.parent.mkdir(parents=True)
+        grub_cfg.write_text(render_grub_cfg(inputs, factory_version, int(upstream["squash"].facts["squashfs_bytes"])))
         write_grubenv(tree / "grub" / "grubenv", [("amberpi_state", INITIAL_STATE.value), ("amberpi_version", factory_version)])
         if inputs.firmware == "raspi":
             copy_raspi_firmware(inputs, upstream["firmware"].folder, boot, tree)

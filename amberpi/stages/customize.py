@@ -39,7 +39,20 @@ from amberpi.trees import copy_over, copy_tree, resolve_inside
 
 HOOK_SUFFIX = ".hook.chroot"
 # The templates this stage renders: part of its cache key.
-CUSTOMIZE_TEMPLATES = ("hostname.j2", "hosts.j2", "fstab.j2", "authorized_keys.j2")
+CUSTOMIZE_TEMPLATES = (
+    "hostname.j2",
+    "hosts.j2",
+    "fstab.j2",
+    "authorized_keys.j2",
+    "zram-generator.conf.j2",
+    "journald.conf.j2",
+    "watchdog.conf.j2",
+)
+# Folders of ram_paths that everybody may write to.
+STICKY_PATHS = ("/tmp", "/var/tmp")
+# The device tools read the resilience profile here; the build writes it on the
+# system partition (it names the board's GPIO lines, and the rootfs is every board's).
+PROFILE_LINK = ("etc/amberpi/resilience.conf", "/run/live/medium/.disk/resilience.conf")
 HOOKS_IN_CHROOT = "tmp/amberpi-hooks"
 GRUB_OUT_IN_CHROOT = "tmp/amberpi-grub"
 # Built into the EFI image so p1 needs no module folder: disk and file systems,
@@ -151,7 +164,19 @@ class FolderInput:
 
 
 @dataclass(frozen=True)
+class SystemProfile:
+    """The part of the resilience profile the rootfs carries: the same on every board."""
+
+    ram_paths: tuple[str, ...]
+    journal_max_mib: int
+    zram_percent: int
+    zram_algorithm: str
+    watchdog_seconds: int
+
+
+@dataclass(frozen=True)
 class CustomizeInputs:
+    system: SystemProfile
     suite: str
     hostname: str
     ssh_authorized_keys: tuple[str, ...]
@@ -175,7 +200,9 @@ class CustomizeStage(Stage[CustomizeInputs]):
         c = build.config
         hook_folders = [build.layout.hooks, *(Path(d) for d in c.hooks_dirs)]
         include_folders = [build.layout.device / "rootfs", build.layout.includes, *(Path(d) for d in c.includes_dirs)]
+        r = c.resilience
         return CustomizeInputs(
+            system=SystemProfile(tuple(r.ram_paths), r.journal_max_mib, r.zram_percent, r.zram_algorithm, r.watchdog_seconds),
             suite=c.suite,
             hostname=c.hostname,
             ssh_authorized_keys=tuple(c.ssh_authorized_keys),
@@ -227,7 +254,24 @@ class CustomizeStage(Stage[CustomizeInputs]):
     def write_system_files(self, inputs: CustomizeInputs, tree: Path) -> None:
         write_rendered(resolve_inside(tree, "etc/hostname"), "hostname.j2", hostname=inputs.hostname)
         write_rendered(resolve_inside(tree, "etc/hosts"), "hosts.j2", hostname=inputs.hostname)
-        write_rendered(resolve_inside(tree, "etc/fstab"), "fstab.j2")
+        system = inputs.system
+        write_rendered(resolve_inside(tree, "etc/fstab"), "fstab.j2", ram_paths=system.ram_paths, sticky=STICKY_PATHS)
+        write_rendered(
+            resolve_inside(tree, "etc/systemd/zram-generator.conf"),
+            "zram-generator.conf.j2",
+            percent=system.zram_percent,
+            algorithm=system.zram_algorithm,
+        )
+        write_rendered(resolve_inside(tree, "etc/systemd/journald.conf.d/amberpi.conf"), "journald.conf.j2", max_mib=system.journal_max_mib)
+        write_rendered(
+            resolve_inside(tree, "etc/systemd/system.conf.d/amberpi-watchdog.conf"), "watchdog.conf.j2", seconds=system.watchdog_seconds
+        )
+        link, target = PROFILE_LINK
+        profile = resolve_inside(tree, link)
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        if profile.exists() or profile.is_symlink():
+            profile.unlink()
+        profile.symlink_to(target)
 
     def set_up_root(self, inputs: CustomizeInputs, session: ChrootSession, tree: Path) -> None:
         if inputs.root_password_hash:

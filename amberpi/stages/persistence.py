@@ -12,8 +12,13 @@ from amberpi.identity import ImageIdentity
 from amberpi.render import write_rendered
 from amberpi.stages.base import Artefact, Stage
 
-# live-boot's persistence.conf: the whole root is a union with the read-only squashfs.
+# live-boot's persistence.conf: by default the whole root is a union with the read-only
+# squashfs; with resilience.persistent_paths, only those folders are, the rest lives in RAM.
 PERSISTENCE_ENTRIES = ("/ union",)
+
+
+def persistence_entries(paths: list[str]) -> tuple[str, ...]:
+    return tuple(f"{path} union" for path in paths) if paths else PERSISTENCE_ENTRIES
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,8 @@ class PersistenceStage(Stage[PersistenceInputs]):
     tools = ("mkfs.ext4", "debugfs")
 
     def inputs(self, build: BuildContext) -> PersistenceInputs:
-        return PersistenceInputs(build.identity, build.config.persistence_size_mib, PERSISTENCE_ENTRIES)
+        entries = persistence_entries(build.config.resilience.persistent_paths)
+        return PersistenceInputs(build.identity, build.config.persistence_size_mib, entries)
 
     def title(self, inputs: PersistenceInputs) -> str:
         return f"Writing the persistence partition (ext4, {inputs.size_mib} MiB)"

@@ -164,3 +164,36 @@ def test_a_config_that_is_not_utf8_or_is_a_folder(tmp_path: Path) -> None:
     binary.write_bytes(b"hostname: \xff\xfe\n")
     assert any("is not UTF-8 text" in p for p in problems_of(binary))
     assert any("is a folder" in p for p in problems_of(tmp_path))
+
+
+def test_resilience_defaults_and_layers(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "resilience:\n  mode: readonly\n  zram_percent: 25\n"), {})
+    assert config.resilience.mode == "readonly" and config.resilience.zram_percent == 25
+    assert config.resilience.zram_algorithm == "zstd", "keys the file does not name keep their defaults"
+    assert Config.from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("resilience:\n  mode: nonsense\n", "resilience.mode: 'nonsense' is not supported"),
+        ("resilience:\n  persistent_paths: [home]\n", "resilience.persistent_paths: 'home' is not an absolute path"),
+        ("resilience:\n  zram_percent: 150\n", "resilience.zram_percent: 150 is out of range"),
+        ("resilience:\n  watchdog_seconds: 0\n", "resilience.watchdog_seconds: 0 is out of range"),
+        ("resilience:\n  jumper: gpiochip0:17\n", "resilience.jumper: the qemu board has no GPIO header"),
+        ("resilience:\n  halt_button: pin 5\n", "resilience.halt_button: 'pin 5' is not a GPIO line"),
+        ("resilience:\n  grow_persistence: maybe\n", "resilience.grow_persistence: 'maybe' is not true or false"),
+        ("resilience:\n  zram: 5\n", "resilience.zram: unknown key"),
+        ("resilience: readonly\n", "resilience: must be a mapping"),
+        ("resilience:\n  persistent_paths: [/var/log]\n", "resilience.ram_paths: /var/log overlaps a persistent path"),
+    ],
+)
+def test_resilience_bad_values(tmp_path: Path, text: str, message: str) -> None:
+    assert any(message in problem for problem in problems_of(write(tmp_path, text))), problems_of(write(tmp_path, text))
+
+
+def test_resilience_gpio_on_a_pi_board(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "resilience:\n  jumper: gpiochip0:22\n"), {"board": "pi3"})
+    assert config.resilience.jumper == "gpiochip0:22"
+    problems = problems_of(write(tmp_path, "resilience:\n  halt_button: gpiochip0:17\n"), board="pi3")
+    assert any("resilience.halt_button: gpiochip0:17 is the jumper's line too" in p for p in problems)

@@ -25,6 +25,7 @@ from amberpi.render import write_rendered
 from amberpi.stages.bootfs import GRUBENV_BYTES, write_grubenv
 from amberpi.stages.disk import write_disk
 from tests.conftest import EPOCH
+from tests.samples import boot_modes, grub_cfg
 
 IMAGE_ID = "1a2b3c4d"
 KERNEL_LABEL = "AMBERPI_KRN_1A2B3C4D"
@@ -48,34 +49,39 @@ class Scenario:
     previous_modules: str | None = OLD_MODULES
     corrupt_previous: bool = False
     kernel_tries: int = KERNEL_TRIES
+    default_mode: str = "persistent"
+    mode_device: str | None = None  # amberpi-mode set MODE
+    mode_once: str | None = None  # amberpi-mode set MODE --once
+    markers: tuple[str, ...] = ()  # files put on p1 from another computer
 
 
 @dataclass
 class Decision:
     default: str
-    mode: str
+    mode: str  # the kernel entry's state: current, trial, previous or factory
     why: str
     grubenv: dict[str, str]
+    boot_mode: str = ""  # persistent, readonly, toram or toram-persistent
+    boot_mode_source: str = ""
+    boot_mode_args: str = ""
 
 
 def build_disk(folder: Path, case: Scenario) -> Path:
     p1 = folder / "p1"
-    write_rendered(
-        p1 / "grub" / "grub.cfg",
-        "grub.cfg.j2",
-        board="qemu",
-        image_id=IMAGE_ID,
-        timeout=0,
-        cmdline="boot=live",
-        kernel_label=KERNEL_LABEL,
-        factory_version=FACTORY,
-        tries=case.kernel_tries,
-    )
+    (p1 / "grub").mkdir(parents=True)
+    modes = boot_modes(default=case.default_mode)
+    (p1 / "grub" / "grub.cfg").write_text(grub_cfg(FACTORY, timeout=0, kernel_tries=case.kernel_tries, modes=modes))
+    for marker in case.markers:
+        (p1 / marker).write_text("")
     variables = [("amberpi_state", case.state), ("amberpi_version", case.version)]
     if case.tries is not None:
         variables.append(("amberpi_tries", case.tries))
     if case.previous is not None:
         variables.append(("amberpi_previous", case.previous))
+    if case.mode_device is not None:
+        variables.append(("amberpi_mode_device", case.mode_device))
+    if case.mode_once is not None:
+        variables.append(("amberpi_mode_once", case.mode_once))
     write_grubenv(p1 / "grub" / "grubenv", variables)
     make_fat(p1, folder / "p1.img", size_mib=40, label="AMBERPI", volume_id=IMAGE_ID, epoch=EPOCH)
 
@@ -135,7 +141,7 @@ def boot(tmp_path: Path, disk: Path) -> Decision:
     commands = [
         "set prefix=(hd0,msdos1)/grub",
         "source ${prefix}/grub.cfg",
-        'echo "DECISION|${default}|${amberpi_mode}|${amberpi_why}|END"',
+        'echo "DECISION|${default}|${amberpi_kernel}|${amberpi_why}|${amberpi_mode}|${amberpi_mode_source}|${amberpi_mode_args}|END"',
         "halt",
     ]
     result = subprocess.run(
@@ -149,8 +155,8 @@ def boot(tmp_path: Path, disk: Path) -> Decision:
     # The emulated terminal wraps at 80 columns, at a space: join the answer back up.
     found = re.search(r"^DECISION\|(.*?)\|END$", screen, re.MULTILINE | re.DOTALL)
     assert found, f"grub-emu printed no decision:\n{screen}\n{result.stderr}"
-    default, mode, why = (" ".join(field.split()) for field in found[1].split("|"))
-    return Decision(default, mode, why, read_grubenv(disk))
+    default, kernel, why, mode, source, args = (" ".join(field.split()) for field in found[1].split("|"))
+    return Decision(default, kernel, why, read_grubenv(disk), mode, source, args)
 
 
 def test_confirmed_kernel_boots_from_the_kernel_partition(tmp_path: Path) -> None:
@@ -272,3 +278,59 @@ def test_kernel_tries_is_the_number_of_trial_boots(tmp_path: Path, tries: int) -
     assert [d.grubenv.get("amberpi_tries") for d in decisions[:tries]] == [str(n) for n in range(1, tries + 1)]
     assert decisions[tries].grubenv["amberpi_state"] == "bad"
     assert f"did not confirm a good boot in {tries} tries" in decisions[tries].why
+
+
+# --- the mode of a boot ----------------------------------------------------------------------
+
+PERSISTENCE = "persistence persistence-label=amberpi-1a2b3c4d"
+
+
+@pytest.mark.parametrize(
+    ("mode", "args"),
+    [
+        ("persistent", PERSISTENCE),
+        ("readonly", f"{PERSISTENCE} persistence-read-only"),
+        ("toram", "toram"),
+        ("toram-persistent", f"toram {PERSISTENCE}"),
+    ],
+)
+def test_each_mode_tells_live_boot_what_to_do(tmp_path: Path, mode: str, args: str) -> None:
+    decision = decide(tmp_path, Scenario(state="good", version=FACTORY, default_mode=mode))
+    assert (decision.boot_mode, decision.boot_mode_source) == (mode, "config")
+    assert decision.boot_mode_args == f"{args} amberpi.mode={mode} amberpi.mode_source=config"
+
+
+def test_precedence_device_then_marker_then_once(tmp_path: Path) -> None:
+    """config < amberpi-mode set < a marker file on p1 < amberpi-mode set --once, which is used up."""
+    assert decide(tmp_path / "a", Scenario(state="good", mode_device="toram-persistent")).boot_mode_source == "device"
+    decision = decide(tmp_path / "b", Scenario(state="good", mode_device="toram-persistent", markers=("amberpi-readonly.txt",)))
+    assert (decision.boot_mode, decision.boot_mode_source) == ("readonly", "marker")
+    disk = build_disk(tmp_path / "c", Scenario(state="good", mode_device="persistent", mode_once="readonly", markers=("amberpi-toram",)))
+    once = boot(tmp_path / "c", disk)
+    assert (once.boot_mode, once.boot_mode_source) == ("readonly", "once")
+    assert once.grubenv["amberpi_mode_once"] == "", "used up by this boot"
+    after = boot(tmp_path / "c", disk)
+    assert (after.boot_mode, after.boot_mode_source) == ("toram", "marker")
+
+
+def test_the_safest_marker_wins(tmp_path: Path) -> None:
+    markers = ("amberpi-persistent", "amberpi-toram", "amberpi-readonly")
+    assert decide(tmp_path, Scenario(state="good", markers=markers)).boot_mode == "readonly"
+
+
+def test_a_mode_grub_does_not_know_is_ignored(tmp_path: Path) -> None:
+    decision = decide(tmp_path, Scenario(state="good", default_mode="readonly", mode_device="nonsense", mode_once="; reboot"))
+    assert (decision.boot_mode, decision.boot_mode_source) == ("readonly", "config")
+
+
+def test_toram_boots_the_factory_kernel_when_the_new_ones_modules_are_on_p4(tmp_path: Path) -> None:
+    decision = decide(tmp_path, Scenario(state="good", default_mode="toram"))
+    assert (decision.default, decision.boot_mode) == ("factory", "toram")
+    assert decision.why == f"mode toram leaves out the persistence partition and the modules of {NEW} on it"
+    assert "amberpi_tries" not in decision.grubenv
+
+
+def test_readonly_keeps_the_updated_kernel(tmp_path: Path) -> None:
+    """readonly shows p4 (read-only): an updated kernel's modules are there."""
+    decision = decide(tmp_path, Scenario(state="good", default_mode="readonly"))
+    assert (decision.default, decision.mode, decision.boot_mode) == ("current", "current", "readonly")

@@ -56,7 +56,8 @@ BASE = Config(board="qemu", mirror="http://m/debian", security_mirror="http://s/
         ({"packages": ["vim"]}, after("packages") - {"firmware"}),
         # The qemu board fetches no firmware, so the mirror does not reach that stage.
         ({"mirror": "http://other/debian"}, set(ALL) - {"firmware"}),
-        ({"squashfs_compression": "xz"}, {"squash", "iso", "disk", "release"}),
+        # bootfs too: toram's RAM check needs the squashfs's size.
+        ({"squashfs_compression": "xz"}, {"squash", "bootfs", "iso", "disk", "release"}),
         ({"kernel_tries": 3}, {"bootfs", "iso", "disk", "release"}),
         ({"kernel_cmdline": "quiet"}, {"bootfs", "iso", "disk", "release"}),
         ({"board": "pi3"}, {"firmware", "bootfs", "iso", "disk", "release"}),

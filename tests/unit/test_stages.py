@@ -40,6 +40,7 @@ from amberpi.stages.release import ReleaseInputs, ReleaseStage
 from amberpi.stages.squash import EXCLUDE, SquashInputs, SquashStage
 from tests.conftest import EPOCH
 from tests.fakes import MIRROR, FakeTools
+from tests.samples import boot_modes
 
 pytestmark = pytest.mark.usefixtures("quiet_log")
 
@@ -572,6 +573,7 @@ def bootfs_inputs(*, tries: int = 2, raspi: bool = False) -> BootfsInputs:
         kernel_tries=tries,
         timeout=3,
         size_mib=40,
+        modes=boot_modes(),
     )
 
 
@@ -591,6 +593,7 @@ def bootfs_upstream(tmp_path: Path) -> dict[str, Artefact]:
         "bootfiles": Artefact(bootfiles),
         "firmware": Artefact(firmware),
         "customize": Artefact(None, {"kernel_version": KERNEL}),
+        "squash": Artefact(None, {"squashfs_bytes": 250 << 20}),
         "epoch": epoch(),
     }
 
@@ -609,7 +612,7 @@ def test_bootfs_writes_grub_its_menu_and_an_environment_block_in_place(tmp_path:
         f"amberpi.id={IDENTITY.image_id}",
         f'!= "{IDENTITY.kernel_label}"',
         f'if [ "$1" = "{KERNEL}" ]',
-        "console=ttyAMA0,115200 panic=10 quiet",
+        "console=ttyAMA0,115200 panic=10 amberpi.toram_mib=506 quiet",
         "did not confirm a good boot in 4 tries",
     ):
         assert expected in menu, expected

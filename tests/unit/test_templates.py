@@ -8,6 +8,7 @@ import pytest
 from amberpi.config import ConfigTxtSection, load_board
 from amberpi.layout import plan_layout
 from amberpi.render import render, template_paths
+from tests.samples import grub_cfg
 
 MIB = 1 << 20
 
@@ -28,22 +29,10 @@ def test_debian_sources_sid_has_no_updates_or_security() -> None:
     assert "Suites: sid\n" in text and "security" not in text
 
 
-def render_grub_cfg(board: str = "qemu", cmdline: str = "boot=live X", factory_version: str = "6.12.1") -> str:
-    return render(
-        "grub.cfg.j2",
-        board=board,
-        image_id="1a2b3c4d",
-        timeout=3,
-        cmdline=cmdline,
-        kernel_label="AMBERPI_KRN_1A2B3C4D",
-        factory_version=factory_version,
-        tries=2,
-    )
-
-
 def test_grub_cfg_pins_this_image() -> None:
-    text = render_grub_cfg()
-    assert 'set amberpi_args="boot=live X"' in text
+    text = grub_cfg(extra_cmdline="X")
+    assert 'set amberpi_args="boot=live live-media=/dev/disk/by-label/AMBERPI_SYS_1A2B3C4D amberpi.id=1a2b3c4d ' in text
+    assert 'panic=10 amberpi.toram_mib=506 X"' in text, "toram needs the squashfs (250 MiB) and the margin (256 MiB)"
     assert '[ "${amberpi_krn_label}" != "AMBERPI_KRN_1A2B3C4D" ]' in text
     assert 'linux "${amberpi_krn}/vmlinuz"' in text and 'linux "${amberpi_sys}/live/vmlinuz"' in text
     assert "set default=factory" in text, "the factory kernel is the default until the kernel partition checks out"
@@ -103,7 +92,7 @@ def test_grub_cfg_parses_with_grub_script_check(board: str, tmp_path) -> None:  
     if shutil.which("grub-script-check") is None:
         pytest.fail("grub-script-check is missing (tests/run.py installs grub-common)")
     cfg = tmp_path / "grub.cfg"
-    cfg.write_text(render_grub_cfg(board, "boot=live console=ttyS1,115200", "6.12.1+deb13-arm64"))
+    cfg.write_text(grub_cfg("6.12.1+deb13-arm64", raspi=board == "pi3"))
     result = subprocess.run(["grub-script-check", str(cfg)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "set fallback=factory" in cfg.read_text()

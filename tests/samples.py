@@ -1,0 +1,48 @@
+"""Inputs objects of the real stages, filled with small sample values for unit tests."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from amberpi.config import ConfigTxtSection, Resilience
+from amberpi.identity import ImageIdentity
+from amberpi.stages.bootfs import BootfsInputs, BootModes, render_grub_cfg
+
+IMAGE_ID = "1a2b3c4d"
+SQUASHFS_BYTES = 250 << 20
+DEFAULTS = Resilience()
+
+
+def boot_modes(**changes: Any) -> BootModes:
+    modes = BootModes(
+        default=DEFAULTS.mode,
+        panic_reboot_seconds=DEFAULTS.panic_reboot_seconds,
+        jumper="",
+        jumper_active=DEFAULTS.jumper_active,
+        maintenance_mode=DEFAULTS.maintenance_mode,
+        toram_margin_mib=DEFAULTS.toram_margin_mib,
+    )
+    return dataclasses.replace(modes, **changes)
+
+
+def bootfs_inputs(*, raspi: bool = False, modes: BootModes | None = None, **changes: Any) -> BootfsInputs:
+    inputs = BootfsInputs(
+        identity=ImageIdentity(IMAGE_ID),
+        board="pi3" if raspi else "qemu",
+        firmware="raspi" if raspi else "none",
+        serial_console="ttyS1,115200" if raspi else "ttyAMA0,115200",
+        uboot="rpi_arm64/u-boot.bin" if raspi else "",
+        device_trees=("broadcom/bcm2837-rpi-3-b.dtb",) if raspi else (),
+        config_txt=(ConfigTxtSection(filter="pi3", device_tree="bcm2837-rpi-3-b.dtb"),) if raspi else (),
+        extra_cmdline="",
+        kernel_tries=2,
+        timeout=3,
+        size_mib=40,
+        modes=modes or boot_modes(),
+    )
+    return dataclasses.replace(inputs, **changes)
+
+
+def grub_cfg(factory_version: str = "6.12.1", **changes: Any) -> str:
+    return render_grub_cfg(bootfs_inputs(**changes), factory_version, SQUASHFS_BYTES)
