@@ -140,6 +140,9 @@ class Resilience:
         ["/var/log", "/var/tmp"], "folders on a tmpfs in every mode, sparing the card (/tmp always is)", item_pattern=ABSOLUTE_PATH
     )
     journal_max_mib: int = setting(32, "the journal's size cap in RAM (MiB)", low=4, high=1024)
+    journal_save: bool = setting(
+        True, "in persistent modes, keep copies of the journal on p4 (at shutdown, and every journal_save_minutes)"
+    )
     journal_save_minutes: int = setting(
         0, "in persistent modes, copy the journal to p4 every N minutes as well as at shutdown (0: at shutdown only)", low=0, high=1440
     )

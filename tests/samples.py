@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from amberpi.config import ConfigTxtSection, Resilience
+from amberpi.config import ConfigTxtSection, Resilience, load_board
 from amberpi.identity import ImageIdentity
 from amberpi.stages.bootfs import BootfsInputs, BootModes, render_grub_cfg
+from amberpi.stages.customize import SystemProfile
+from amberpi.stages.iso import DeviceProfile
+from amberpi.stages.iso import device_profile as make_device_profile
 
 IMAGE_ID = "1a2b3c4d"
 SQUASHFS_BYTES = 250 << 20
@@ -46,3 +49,13 @@ def bootfs_inputs(*, raspi: bool = False, modes: BootModes | None = None, **chan
 
 def grub_cfg(factory_version: str = "6.12.1", **changes: Any) -> str:
     return render_grub_cfg(bootfs_inputs(**changes), factory_version, SQUASHFS_BYTES)
+
+
+def system_profile() -> SystemProfile:
+    return SystemProfile(
+        tuple(DEFAULTS.ram_paths), DEFAULTS.journal_max_mib, DEFAULTS.zram_percent, DEFAULTS.zram_algorithm, DEFAULTS.watchdog_seconds
+    )
+
+
+def device_profile(board: str = "pi3") -> DeviceProfile:
+    return make_device_profile(DEFAULTS, load_board(board))

@@ -64,11 +64,12 @@ class BootfsInputs:
     modes: BootModes
 
 
-def kernel_cmdline(inputs: BootfsInputs, squashfs_bytes: int) -> str:
+def kernel_cmdline(inputs: BootfsInputs, system_bytes: int) -> str:
     """What every boot passes, whatever the mode: live-boot uses only this image's partitions."""
     modes = inputs.modes
-    # toram refuses (and boots readonly) unless the system's copy and a margin fit in RAM.
-    toram_mib = -(-squashfs_bytes >> 20) + modes.toram_margin_mib
+    # toram copies the whole system partition to RAM; with too little room beside it
+    # for the margin, the initramfs boots readonly instead.
+    toram_mib = -(-system_bytes >> 20) + modes.toram_margin_mib
     args = [
         "boot=live",
         f"live-media=/dev/disk/by-label/{inputs.identity.system_label}",
@@ -97,13 +98,13 @@ def mode_args(identity: ImageIdentity) -> dict[str, str]:
     }
 
 
-def render_grub_cfg(inputs: BootfsInputs, factory_version: str, squashfs_bytes: int) -> str:
+def render_grub_cfg(inputs: BootfsInputs, factory_version: str, system_bytes: int) -> str:
     return render(
         "grub.cfg.j2",
         board=inputs.board,
         image_id=inputs.identity.image_id,
         timeout=inputs.timeout,
-        cmdline=kernel_cmdline(inputs, squashfs_bytes),
+        cmdline=kernel_cmdline(inputs, system_bytes),
         kernel_label=inputs.identity.kernel_label,
         factory_version=factory_version,
         tries=inputs.kernel_tries,
@@ -196,7 +197,11 @@ class BootfsStage(Stage[BootfsInputs]):
         shutil.copy2(boot / "BOOTAA64.EFI", tree / "EFI" / "BOOT" / "BOOTAA64.EFI")
         grub_cfg = tree / "grub" / "grub.cfg"
         grub_cfg.parent.mkdir(parents=True)
-        grub_cfg.write_text(render_grub_cfg(inputs, factory_version, int(upstream["squash"].facts["squashfs_bytes"])))
+        # What toram copies: the squashfs and the factory kernel and initrd beside it on p2.
+        system_bytes = int(upstream["squash"].facts["squashfs_bytes"]) + sum(
+            (boot / name).stat().st_size for name in ("vmlinuz", "initrd.img")
+        )
+        grub_cfg.write_text(render_grub_cfg(inputs, factory_version, system_bytes))
         write_grubenv(tree / "grub" / "grubenv", [("amberpi_state", INITIAL_STATE.value), ("amberpi_version", factory_version)])
         if inputs.firmware == "raspi":
             copy_raspi_firmware(inputs, upstream["firmware"].folder, boot, tree)

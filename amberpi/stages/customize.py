@@ -52,7 +52,10 @@ CUSTOMIZE_TEMPLATES = (
 STICKY_PATHS = ("/tmp", "/var/tmp")
 # The device tools read the resilience profile here; the build writes it on the
 # system partition (it names the board's GPIO lines, and the rootfs is every board's).
-PROFILE_LINK = ("etc/amberpi/resilience.conf", "/run/live/medium/.disk/resilience.conf")
+PROFILE_LINKS = (
+    ("etc/amberpi/resilience.conf", "/run/live/medium/.disk/resilience.conf"),
+    ("etc/amberpi/persistence.conf", "/run/live/medium/.disk/persistence.conf"),
+)
 HOOKS_IN_CHROOT = "tmp/amberpi-hooks"
 GRUB_OUT_IN_CHROOT = "tmp/amberpi-grub"
 # Built into the EFI image so p1 needs no module folder: disk and file systems,
@@ -266,12 +269,12 @@ class CustomizeStage(Stage[CustomizeInputs]):
         write_rendered(
             resolve_inside(tree, "etc/systemd/system.conf.d/amberpi-watchdog.conf"), "watchdog.conf.j2", seconds=system.watchdog_seconds
         )
-        link, target = PROFILE_LINK
-        profile = resolve_inside(tree, link)
-        profile.parent.mkdir(parents=True, exist_ok=True)
-        if profile.exists() or profile.is_symlink():
-            profile.unlink()
-        profile.symlink_to(target)
+        for link, target in PROFILE_LINKS:
+            path = resolve_inside(tree, link)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() or path.is_symlink():
+                path.unlink()
+            path.symlink_to(target)
 
     def set_up_root(self, inputs: CustomizeInputs, session: ChrootSession, tree: Path) -> None:
         if inputs.root_password_hash:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amberpi import __version__
+from amberpi.config import Board, Resilience, gpio_line
 from amberpi.context import BuildContext
 from amberpi.digests import sha256_file
 from amberpi.errors import StageError
@@ -14,9 +15,51 @@ from amberpi.filesystems.iso9660 import make_iso
 from amberpi.identity import ImageIdentity
 from amberpi.render import write_rendered
 from amberpi.stages.base import Artefact, Stage
+from amberpi.stages.persistence import persistence_entries
 from amberpi.trees import link_or_copy
 
 KERNEL_FILES = ("vmlinuz", "initrd.img")
+# A press shorter than this is noise on the line, not a person.
+HALT_DEBOUNCE_MS = 50
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """The resilience profile as the device tools read it, with the board's GPIO lines resolved."""
+
+    default_mode: str
+    maintenance_mode: str
+    jumper_chip: str
+    jumper_line: str
+    jumper_active: str
+    halt_chip: str
+    halt_line: str
+    halt_active: str
+    halt_debounce_ms: int
+    journal_save: bool
+    journal_save_minutes: int
+    journal_save_max_mib: int
+    grow_persistence: bool
+
+
+def device_profile(resilience: Resilience, board: Board) -> DeviceProfile:
+    jumper_chip, _, jumper_line = gpio_line(resilience.jumper, board.gpio_jumper).partition(":")
+    halt_chip, _, halt_line = gpio_line(resilience.halt_button, board.gpio_halt).partition(":")
+    return DeviceProfile(
+        default_mode=resilience.mode,
+        maintenance_mode=resilience.maintenance_mode,
+        jumper_chip=jumper_chip,
+        jumper_line=jumper_line,
+        jumper_active=resilience.jumper_active,
+        halt_chip=halt_chip,
+        halt_line=halt_line,
+        halt_active=resilience.halt_active,
+        halt_debounce_ms=HALT_DEBOUNCE_MS,
+        journal_save=resilience.journal_save,
+        journal_save_minutes=resilience.journal_save_minutes,
+        journal_save_max_mib=resilience.journal_max_mib,
+        grow_persistence=resilience.grow_persistence,
+    )
 
 
 @dataclass(frozen=True)
@@ -27,6 +70,8 @@ class IsoInputs:
     device_trees: tuple[str, ...]
     kernel_size_mib: int
     amberpi_version: str
+    profile: DeviceProfile
+    persistence_entries: tuple[str, ...]
 
 
 def stage_system_tree(inputs: IsoInputs, squashfs: Path, boot: Path, facts: Mapping[str, object], tree: Path) -> None:
@@ -56,6 +101,9 @@ def stage_system_tree(inputs: IsoInputs, squashfs: Path, boot: Path, facts: Mapp
         device_trees=inputs.device_trees,
         grubenv_offset=facts["grubenv_offset"],
     )
+    # The device reads these two through /etc/amberpi (links made by the customize stage).
+    write_rendered(tree / ".disk" / "resilience.conf", "resilience.conf.j2", profile=inputs.profile)
+    write_rendered(tree / ".disk" / "persistence.conf", "persistence.conf.j2", entries=inputs.persistence_entries)
 
 
 def stage_kernel_tree(inputs: IsoInputs, boot: Path, kernel_version: str, tree: Path) -> None:
@@ -84,6 +132,8 @@ class IsoStage(Stage[IsoInputs]):
             tuple(build.board.device_trees),
             build.config.kernel_size_mib,
             __version__,
+            device_profile(build.config.resilience, build.board),
+            persistence_entries(build.config.resilience.persistent_paths),
         )
 
     def title(self, inputs: IsoInputs) -> str:

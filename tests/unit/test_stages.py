@@ -40,7 +40,7 @@ from amberpi.stages.release import ReleaseInputs, ReleaseStage
 from amberpi.stages.squash import EXCLUDE, SquashInputs, SquashStage
 from tests.conftest import EPOCH
 from tests.fakes import MIRROR, FakeTools
-from tests.samples import boot_modes
+from tests.samples import boot_modes, device_profile, system_profile
 
 pytestmark = pytest.mark.usefixtures("quiet_log")
 
@@ -338,6 +338,7 @@ def hook_inputs(tmp_path: Path, scripts: dict[str, str]) -> tuple[FileInput, ...
 
 def customize_inputs(tmp_path: Path, hooks: tuple[FileInput, ...] = (), password_hash: str = PASSWORD_HASH) -> CustomizeInputs:
     return CustomizeInputs(
+        system=system_profile(),
         suite="trixie",
         hostname="amberpi-test",
         ssh_authorized_keys=("ssh-ed25519 AAAAC3Nza test@example",),
@@ -578,7 +579,11 @@ def bootfs_inputs(*, tries: int = 2, raspi: bool = False) -> BootfsInputs:
 
 
 def bootfs_upstream(tmp_path: Path) -> dict[str, Artefact]:
-    bootfiles = folder(tmp_path, "bootfiles", {"boot/BOOTAA64.EFI": b"MZ grub", f"boot/dtbs/{DTB}": b"dtb"})
+    bootfiles = folder(
+        tmp_path,
+        "bootfiles",
+        {"boot/BOOTAA64.EFI": b"MZ grub", "boot/vmlinuz": b"k" * 1000, "boot/initrd.img": b"i" * 1000, f"boot/dtbs/{DTB}": b"dtb"},
+    )
     firmware = folder(
         tmp_path,
         "firmware",
@@ -612,7 +617,8 @@ def test_bootfs_writes_grub_its_menu_and_an_environment_block_in_place(tmp_path:
         f"amberpi.id={IDENTITY.image_id}",
         f'!= "{IDENTITY.kernel_label}"',
         f'if [ "$1" = "{KERNEL}" ]',
-        "console=ttyAMA0,115200 panic=10 amberpi.toram_mib=506 quiet",
+        # toram copies 250 MiB of squashfs and 2 kB of kernel and initrd: 251 MiB, and the 256 MiB margin.
+        "console=ttyAMA0,115200 panic=10 amberpi.toram_mib=507 quiet",
         "did not confirm a good boot in 4 tries",
     ):
         assert expected in menu, expected
@@ -647,7 +653,7 @@ def test_bootfs_names_a_missing_uboot_binary(tmp_path: Path) -> None:
 
 
 def iso_inputs(kernel_size_mib: int = 8) -> IsoInputs:
-    return IsoInputs(IDENTITY, "rpi4", "trixie", (DTB,), kernel_size_mib, "0.test")
+    return IsoInputs(IDENTITY, "rpi4", "trixie", (DTB,), kernel_size_mib, "0.test", device_profile(), ("/ union",))
 
 
 def iso_upstream(tmp_path: Path, kernel: bytes = b"kernel") -> dict[str, Artefact]:
