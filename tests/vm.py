@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,12 +38,17 @@ class VM:
     cpus: int = 2
     console_log: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    # "virt,acpi=off": the firmware hands the kernel QEMU's device tree, with its PL061 GPIO
+    # controller and the gpio-keys power button on line 3 (ACPI describes neither).
+    machine: str = "virt"
+    # An i6300esb watchdog on PCI, which systemd can feed (resilience.watchdog_seconds).
+    watchdog: bool = False
     child: pexpect.spawn | None = None  # type: ignore[type-arg]
 
     def argv(self, vars_file: Path) -> list[str]:
         return [
             "-M",
-            "virt",
+            self.machine,
             "-cpu",
             "cortex-a72",
             "-m",
@@ -56,7 +62,7 @@ class VM:
             "-drive",
             f"if=none,id=disk0,format=raw,file={self.image}",
             "-device",
-            "virtio-blk-pci,drive=disk0",
+            "virtio-blk-pci,drive=disk0,id=vdisk0",
             "-netdev",
             "user,id=net0",
             "-device",
@@ -66,9 +72,31 @@ class VM:
             "-serial",
             "stdio",
             "-monitor",
-            "none",
+            f"unix:{self.monitor_socket},server,nowait",
+            *(["-device", "i6300esb"] if self.watchdog else []),
             *self.extra_args,
         ]
+
+    @property
+    def monitor_socket(self) -> Path:
+        return self._tmp / "monitor.sock"
+
+    def monitor(self, command: str, timeout: float = 30) -> str:
+        """Run a QEMU monitor command (device_del, system_powerdown...); returns what it printed."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(timeout)
+            connection.connect(str(self.monitor_socket))
+            received = b""
+            while not received.endswith(b"(qemu) "):
+                received += connection.recv(4096)
+            connection.sendall(command.encode() + b"\n")
+            received = b""
+            while not received.endswith(b"(qemu) "):
+                chunk = connection.recv(4096)
+                if not chunk:
+                    break
+                received += chunk
+        return ANSI_ESCAPE.sub("", received.decode(errors="replace")).replace("\r", "")
 
     def start(self) -> None:
         qemu = shutil.which("qemu-system-aarch64")
@@ -76,7 +104,7 @@ class VM:
             raise ToolMissing("qemu-system-aarch64", "qemu-system-arm")
         if not AAVMF_CODE.exists():
             raise ToolMissing(str(AAVMF_CODE), "qemu-efi-aarch64")
-        self._tmp = Path(tempfile.mkdtemp(prefix="amberpi-vm-"))
+        self._tmp = Path(tempfile.mkdtemp(prefix="amberpi-vm-"))  # short: a socket path has a length limit
         vars_file = self._tmp / "AAVMF_VARS.fd"
         shutil.copyfile(AAVMF_VARS, vars_file)
         log = (self.console_log or self._tmp / "console.log").open("ab")

@@ -34,6 +34,8 @@ MODE_TITLES = {
 MARKER_ORDER = ("persistent", "toram-persistent", "toram", "readonly")
 # Modes that leave p4 out: only the factory kernel's modules are there (in the squashfs).
 MODES_WITHOUT_P4 = ("toram",)
+# Modes that write nothing to the card: no kernel trial (it counts in grubenv, and confirms).
+MODES_WITHOUT_WRITES = ("readonly", "toram")
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ def render_grub_cfg(inputs: BootfsInputs, factory_version: str, system_bytes: in
         mode_titles=MODE_TITLES,
         marker_order=MARKER_ORDER,
         modes_without_p4=MODES_WITHOUT_P4,
+        modes_without_writes=MODES_WITHOUT_WRITES,
     )
 
 

@@ -334,3 +334,11 @@ def test_readonly_keeps_the_updated_kernel(tmp_path: Path) -> None:
     """readonly shows p4 (read-only): an updated kernel's modules are there."""
     decision = decide(tmp_path, Scenario(state="good", default_mode="readonly"))
     assert (decision.default, decision.mode, decision.boot_mode) == ("current", "current", "readonly")
+
+
+@pytest.mark.parametrize("mode", ["readonly", "toram"])
+def test_no_kernel_trial_in_a_mode_that_writes_nothing(tmp_path: Path, mode: str) -> None:
+    """A trial writes p1 (the try count, then the confirmation): readonly and toram boot the fallback instead."""
+    decision = decide(tmp_path, Scenario(state="new", default_mode=mode, previous=OLD))
+    assert decision.mode != "trial" and "amberpi_tries" not in decision.grubenv
+    assert decision.grubenv["amberpi_state"] == "new", "the new kernel keeps its turn for a boot that keeps changes"
