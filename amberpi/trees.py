@@ -53,8 +53,12 @@ def copy_over(source: Path, tree: Path) -> None:
         rel = item.relative_to(source)
         if item.name == ".gitkeep":
             continue
-        target = resolve_inside(tree, str(rel))
+        # The folder is resolved inside the tree; the last component is not followed: an
+        # include at a path that is a symlink in the tree replaces the link, as `cp` would.
+        target = resolve_inside(tree, str(rel.parent)) / rel.name
         if item.is_dir() and not item.is_symlink():
+            if target.is_symlink() and not target.is_dir():
+                target.unlink()
             target.mkdir(parents=True, exist_ok=True)
             continue
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -174,3 +174,39 @@ class VM:
         self.kill()
         if hasattr(self, "_tmp"):
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+# Keys on GRUB's serial console (it reads VT100 sequences).
+KEY_DOWN = "\x1b[B"
+CTRL_E = "\x05"
+CTRL_X = "\x18"
+GRUB_MENU = "will be executed automatically"
+
+
+def grub_pick_entry(vm: VM, position: int, timeout: float = 300) -> None:
+    """Stop GRUB's countdown and boot the menu entry at `position` (0: the first)."""
+    assert vm.child
+    vm.expect(GRUB_MENU, timeout)
+    vm.child.send(KEY_DOWN)  # any key stops the countdown; this one also moves
+    for _ in range(position - 1):
+        time.sleep(0.3)
+        vm.child.send(KEY_DOWN)
+    time.sleep(0.3)
+    vm.child.send("\r")
+
+
+def grub_append_to_cmdline(vm: VM, text: str, timeout: float = 300) -> None:
+    """Edit the default entry at GRUB's menu: append `text` to its `linux` line, then boot it."""
+    assert vm.child
+    vm.expect(GRUB_MENU, timeout)
+    vm.child.send("e")
+    vm.expect("linux", 30)
+    time.sleep(0.5)
+    # The entry's first line is its `echo`; the `linux` line follows.
+    vm.child.send(KEY_DOWN)
+    time.sleep(0.3)
+    vm.child.send(CTRL_E)
+    time.sleep(0.3)
+    vm.child.send(" " + text)
+    time.sleep(0.5)
+    vm.child.send(CTRL_X)

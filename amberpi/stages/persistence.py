@@ -21,6 +21,18 @@ def persistence_entries(paths: list[str]) -> tuple[str, ...]:
     return tuple(f"{path} union" for path in paths) if paths else PERSISTENCE_ENTRIES
 
 
+def overlay_folders(entries: tuple[str, ...]) -> list[str]:
+    """The upper and work folders live-boot uses for each union (rw, work for /; home/rw... for /home).
+
+    Made at build time, so a readonly boot of a fresh card finds the (empty) layers it stacks.
+    """
+    folders = []
+    for entry in entries:
+        path = entry.split()[0].strip("/")
+        folders += [f"{path}/rw" if path else "rw", f"{path}/work" if path else "work"]
+    return folders
+
+
 @dataclass(frozen=True)
 class PersistenceInputs:
     identity: ImageIdentity
@@ -30,7 +42,7 @@ class PersistenceInputs:
 
 class PersistenceStage(Stage[PersistenceInputs]):
     name = "persistence"
-    version = 3
+    version = 4
     uses_facts = ("epoch",)
     tools = ("mkfs.ext4", "debugfs")
 
@@ -44,6 +56,8 @@ class PersistenceStage(Stage[PersistenceInputs]):
     def run(self, inputs: PersistenceInputs, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
         tree = out / "tree"
         write_rendered(tree / "persistence.conf", "persistence.conf.j2", entries=inputs.entries)
+        for folder in overlay_folders(inputs.entries):
+            (tree / folder).mkdir(mode=0o755, parents=True)
         fs_uuid = inputs.identity.partition_uuid("persistence")
         epoch = int(upstream["epoch"].facts["source_date_epoch"])
         make_ext4(tree, out / "p4.img", size_mib=inputs.size_mib, label=inputs.identity.persistence_label, fs_uuid=fs_uuid, epoch=epoch)

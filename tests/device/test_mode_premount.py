@@ -109,7 +109,14 @@ def device(request: pytest.FixtureRequest, tmp_path: Path) -> Device:
     make_ext4(device.parts / "p4")
     fake_tool(device.fakebin, "gpioget", FAKE_GPIOGET)
     fake_tool(device.fakebin, "blockdev", FAKE_BLOCKDEV)
+    # Nothing here mounts for real: the partition's contents stand in a folder (AMBERPI_P4_DIR).
+    for tool in ("mount", "umount"):
+        fake_tool(device.fakebin, tool, f'echo "{tool} $*" >&2\nexit 32\n')
+    contents = tmp_path / "p4-contents"
+    (contents / "rw").mkdir(parents=True)
+    (contents / "persistence.conf").write_text("/ union\n")
     device.env.update(
+        AMBERPI_P4_DIR=str(contents),
         FAKE_BLOCKDEV_LOG=str(tmp_path / "blockdev.log"),
         AMBERPI_LIB=str(LIB),
         AMBERPI_PARAM_CONF=str(tmp_path / "param.conf"),
@@ -611,3 +618,30 @@ def test_a_failed_step_stops_the_swap_where_it_is(device: Device) -> None:
     (device.fakebin / "mv").unlink()
     b = boot(device, f"{PERSISTENT} amberpi.mode=persistent amberpi.mode_source=config")
     assert p4_tree(root) == RESTORED and b.state["PENDING"] == "restore applied"
+
+
+@pytest.mark.parametrize(
+    ("conf", "layers", "shown"),
+    [
+        ("/ union\n", [], False),
+        ("/ union\n", ["rw"], True),
+        ("/home union\n/var/lib/app union\n", ["home/rw"], False),
+        ("/home union\n/var/lib/app union\n", ["home/rw", "var/lib/app/rw"], True),
+        ("# comment\n/home union\n", ["home/rw"], True),
+    ],
+)
+def test_readonly_shows_p4_only_with_every_saved_layer_there(device: Device, conf: str, layers: list[str], shown: bool) -> None:
+    """Before: a fresh (or reset) p4 has no rw folder yet; live-boot, told to stack it read-only,
+    unmounted the root and failed the boot ("special device overlay does not exist")."""
+    contents = Path(device.env["AMBERPI_P4_DIR"])
+    (contents / "rw").rmdir()
+    (contents / "persistence.conf").write_text(conf)
+    for layer in layers:
+        (contents / layer).mkdir(parents=True)
+    b = boot(device, f"{READONLY} amberpi.mode=readonly amberpi.mode_source=config")
+    assert b.state["MODE"] == "readonly"
+    if shown:
+        assert b.state["P4_VIEW"] == "ro" and b.live_boot_cmdline[-3:] == RO_ARGS
+    else:
+        assert b.state["P4_VIEW"] == "none" and "nothing is kept on the persistence partition" in b.state["REASON"]
+        assert "nopersistence" in b.live_boot_cmdline

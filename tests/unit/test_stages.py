@@ -726,6 +726,17 @@ def test_persistence_is_an_ext4_with_the_images_label_and_union_conf(tmp_path: P
     assert artefact.facts == {"uuid": IDENTITY.partition_uuid("persistence")}
     inode = debugfs(image, "stat /persistence.conf")
     assert f"ctime: {EPOCH:#x}" in inode and f"mtime: {EPOCH:#x}" in inode, "dated by the build, not by the day"
+    # Before: a fresh p4 had no rw folder, and a readonly boot (live-boot stacks rw read-only) failed.
+    assert {"rw", "work"} <= set(debugfs(image, "ls -l /").split())
+
+
+def test_persistence_makes_the_layers_of_chosen_paths(tmp_path: Path) -> None:
+    out = out_dir(tmp_path)
+    PersistenceStage().run(PersistenceInputs(IDENTITY, 8, ("/home union", "/var/lib/app union")), {"epoch": epoch()}, out)
+    image = out / "p4.img"
+    assert debugfs(image, "cat /persistence.conf") == "/home union\n/var/lib/app union\n"
+    assert {"rw", "work"} <= set(debugfs(image, "ls -l /home").split())
+    assert {"rw", "work"} <= set(debugfs(image, "ls -l /var/lib/app").split())
 
 
 # --- disk (sfdisk on a plain file, for real) --------------------------------------------------

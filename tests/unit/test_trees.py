@@ -8,7 +8,7 @@ import pytest
 
 from amberpi.errors import StageError, cleanup_after
 from amberpi.mounts import decode_mount_field, mounted_under
-from amberpi.trees import move_file, resolve_inside
+from amberpi.trees import copy_over, move_file, resolve_inside
 
 
 def test_mount_table_escapes_are_all_decoded(tmp_path: Path) -> None:
@@ -55,3 +55,19 @@ def test_a_failing_cleanup_is_an_error_of_its_own_after_success() -> None:
 
     with pytest.raises(StageError), cleanup_after(broken_cleanup):
         pass
+
+
+def test_an_include_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path) -> None:
+    """Before: copy_over followed the link, so an include of /etc/amberpi/resilience.conf (a link to
+    /run/live/medium/...) was written under the tree's /run and the device never saw it."""
+    tree = tmp_path / "tree"
+    (tree / "etc" / "amberpi").mkdir(parents=True)
+    (tree / "run").mkdir()
+    (tree / "etc" / "amberpi" / "resilience.conf").symlink_to("/run/live/medium/.disk/resilience.conf")
+    includes = tmp_path / "includes"
+    (includes / "etc" / "amberpi").mkdir(parents=True)
+    (includes / "etc" / "amberpi" / "resilience.conf").write_text("HALT_LINE=3\n")
+    copy_over(includes, tree)
+    target = tree / "etc" / "amberpi" / "resilience.conf"
+    assert not target.is_symlink() and target.read_text() == "HALT_LINE=3\n"
+    assert not (tree / "run" / "live").exists()
