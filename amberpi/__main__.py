@@ -67,8 +67,7 @@ def run_verb(args: argparse.Namespace) -> int:
     if args.verb == "boards":
         print_boards()
         return 0
-    config_file = Path(args.config) if args.config is not None else None
-    config = load_config(config_file, setting_overrides(args))
+    config = load_config(args.config, setting_overrides(args))
     if args.verb == "summary":
         if args.json:
             print(json.dumps(config.to_json(redact=True), indent=2))

@@ -473,17 +473,19 @@ def check_resilience(resilience: Resilience, board: Board, origins: dict[str, st
             bad("ram_paths", f"{path} overlaps a persistent path", "a folder is either kept or in RAM")
 
 
-def load_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(config_file: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Merge the layers, validate everything (board file included), report all problems at once."""
     problems: list[ConfigProblem] = []
     layers: list[Layer] = []
     if DEFAULTS_FILE.exists():
         layers.append((str(DEFAULTS_FILE), read_yaml(DEFAULTS_FILE, problems), DEFAULTS_FILE.parent))
     if config_file is not None:
-        if str(config_file) == "":
+        # Path("") is ".", the current folder: an empty --config must be caught as text.
+        if str(config_file).strip() == "":
             problems.append(ConfigProblem("command line", "config", "empty path", "give --config FILE a file"))
         else:
-            layers.append((str(config_file), read_yaml(config_file, problems), config_file.resolve().parent))
+            path = Path(config_file)
+            layers.append((str(path), read_yaml(path, problems), path.resolve().parent))
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
     if epoch:
         layers.append(("environment (SOURCE_DATE_EPOCH)", {"source_date_epoch": epoch}, None))

@@ -120,3 +120,10 @@ def test_summary_json_never_prints_the_password_hash(tmp_path: Path) -> None:
     result = amberpi("summary", "--json", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "thehash" not in result.stdout and '"root_password_hash": "(set)"' in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--output", ""], "output: must not be empty"), (["--config", ""], "config: empty path")])
+def test_empty_paths_are_refused(args: list[str], message: str) -> None:
+    """Before: an empty --output or --config was taken silently (the current folder)."""
+    result = amberpi("summary", *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
