@@ -10,11 +10,12 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
-from amberpi.cache import Cache, Incremental
+from amberpi.cache import Cache, Incremental, locked
 from amberpi.cli import parse_args, setting_overrides
 from amberpi.config import Config, list_boards, load_config, summary_lines
 from amberpi.errors import AmberPiError
 from amberpi.log import LOG
+from amberpi.pipeline import OUTPUT_LOCK
 from amberpi.run import stop_all
 
 EXIT_INTERRUPTED = 130
@@ -103,10 +104,13 @@ def bootstrap_builder_base(config: Config) -> int:
 def clean(config: Config, force: bool) -> int:
     output = Path(config.output)
     removed = 0
-    for pattern in (f"{config.name}.*", f".{config.name}.*.partial"):
-        for path in output.glob(pattern):
-            path.unlink()
-            removed += 1
+    if output.is_dir():
+        # The build's own lock: no output of a running build is removed.
+        with locked(output / OUTPUT_LOCK, f"the output folder {output}"):
+            for pattern in (f"{config.name}.*", f".{config.name}.*.partial"):
+                for path in output.glob(pattern):
+                    path.unlink()
+                    removed += 1
     LOG.note(f"removed {removed} output file(s) from {output}")
     if force:
         Cache(Path(config.cache_dir), Incremental.yes).clean()

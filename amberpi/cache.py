@@ -36,6 +36,7 @@ class Incremental(enum.StrEnum):
     strict = "strict"
 
 
+LOCK_NAME = ".lock"
 # Facts are a few bytes each: keep many more than entries.
 FACTS_KEPT = 50
 
@@ -146,12 +147,20 @@ class Cache:
         for old in entries[keep:]:
             remove_tree(old)
 
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_NAME
+
     def clean(self) -> None:
-        for child in self.root.iterdir():
-            if child.is_dir():
-                remove_tree(child)
-            else:
-                child.unlink()
+        """Empty the cache, holding its lock: a build running on it is never wiped from under it."""
+        with locked(self.lock_file, f"the cache {self.root}"):
+            for child in self.root.iterdir():
+                if child == self.lock_file:
+                    continue  # others may wait on this very file: unlinking it would split the lock
+                if child.is_dir() and not child.is_symlink():
+                    remove_tree(child)
+                else:
+                    child.unlink()
 
     def timings_file(self) -> Path:
         return self.root / "timings.json"

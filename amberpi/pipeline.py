@@ -29,6 +29,7 @@ from amberpi.tools import missing_tools, package_of
 from amberpi.trees import move_file, remove_tree
 
 WORKSPACE_ROOT = Path("/var/tmp")
+OUTPUT_LOCK = ".amberpi.lock"
 
 
 @dataclass
@@ -132,13 +133,13 @@ class Pipeline:
     def build(self) -> BuildResult:
         check_output_dir(self.output_dir)
         cache = Cache(Path(self.config.cache_dir), self.incremental)
-        with locked(self.output_dir / ".amberpi.lock", f"the output folder {self.output_dir}"), self.workspace() as workspace:
+        with locked(self.output_dir / OUTPUT_LOCK, f"the output folder {self.output_dir}"), self.workspace() as workspace:
             LOG.open_log(workspace / "build.log")
             self.make_plan(self.context(workspace, cache))
             self.preflight()
             self.timings = cache.load_timings()
             self.run_record.started = time.monotonic()
-            with locked(cache.root / ".lock", f"the cache {cache.root}"):
+            with locked(cache.lock_file, f"the cache {cache.root}"):
                 self.actions = self.schedule(cache)
                 final = self.execute(self.actions, cache, workspace)
             cache.save_timings({r.name: r.seconds for r in self.run_record.stages if r.status == "built"})

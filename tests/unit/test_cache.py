@@ -92,3 +92,17 @@ def test_initramfs_key_follows_what_mkinitramfs_reads(tmp_path: Path) -> None:
         key = initramfs_key(tree, "6.12.1-arm64", 1)[0]
         assert key not in seen, f"a change to {path} makes a new initrd"
         seen.add(key)
+
+
+def test_clean_waits_for_no_build_and_keeps_the_lock_file(tmp_path: Path) -> None:
+    """Before: clean -f took no lock and deleted the lock file, so it could wipe a running build."""
+    from amberpi.cache import locked
+    from amberpi.errors import LockError
+
+    cache = Cache(tmp_path, Incremental.yes)
+    (tmp_path / "squash" / "abc").mkdir(parents=True)
+    with locked(cache.lock_file, "the cache"), pytest.raises(LockError):
+        cache.clean()
+    assert (tmp_path / "squash" / "abc").exists(), "nothing removed while a build holds the cache"
+    cache.clean()
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]
