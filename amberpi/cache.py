@@ -147,6 +147,18 @@ class Cache:
         for old in entries[keep:]:
             remove_tree(old)
 
+    def reap_partial(self) -> list[Path]:
+        """Staging folders left by builds that were killed (with their chroots' mounts, if any).
+
+        Called under the cache lock: every build stages under that lock, so whatever
+        staging folder exists while it is held belongs to a build that is gone.
+        """
+        reaped = []
+        for staging in sorted(self.root.glob("*/.tmp-*")):
+            remove_tree(staging)
+            reaped.append(staging)
+        return reaped
+
     @property
     def lock_file(self) -> Path:
         return self.root / LOCK_NAME

@@ -8,6 +8,7 @@ publishes the files that stage names into the output folder.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -59,6 +60,28 @@ def check_output_dir(output: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise UsageError(f"the output folder {output} is not writable: {exc.strerror}", hint="choose another with --output") from None
+
+
+OWNER_FILE = ".owner"
+
+
+def reap_dead_workspaces(root: Path) -> list[Path]:
+    """Workspaces of builds killed without a chance to clean up (SIGKILL, the OOM killer, a
+    cancelled CI job): their chroot mounts are released and the folders removed. A live build
+    holds its workspace's owner lock, so its workspace is never touched."""
+    reaped = []
+    for path in sorted(root.glob("amberpi-*")):
+        owner = path / OWNER_FILE
+        if not owner.is_file():
+            continue
+        with owner.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            remove_tree(path)
+        reaped.append(path)
+    return reaped
 
 
 def host_tools(stages: list[Stage[Any]] = STAGES) -> list[str]:
@@ -140,6 +163,8 @@ class Pipeline:
             self.timings = cache.load_timings()
             self.run_record.started = time.monotonic()
             with locked(cache.lock_file, f"the cache {cache.root}"):
+                for dead in cache.reap_partial():
+                    LOG.note(f"removed a cache entry a killed build left half made: {dead}")
                 self.actions = self.schedule(cache)
                 final = self.execute(self.actions, cache, workspace)
             cache.save_timings({r.name: r.seconds for r in self.run_record.stages if r.status == "built"})
@@ -156,7 +181,12 @@ class Pipeline:
     @contextmanager
     def workspace(self) -> Iterator[Path]:
         WORKSPACE_ROOT.mkdir(parents=True, exist_ok=True)
+        for dead in reap_dead_workspaces(WORKSPACE_ROOT):
+            LOG.note(f"removed the workspace of a build that was killed: {dead}")
         path = Path(tempfile.mkdtemp(prefix="amberpi-", dir=WORKSPACE_ROOT))
+        # Held while the build lives; a later build that can take it knows this one died.
+        owner = (path / OWNER_FILE).open("a")
+        fcntl.flock(owner, fcntl.LOCK_EX)
 
         def tidy() -> None:
             LOG.close_log()
@@ -164,6 +194,7 @@ class Pipeline:
                 LOG.note(f"workspace kept at {path}")
             else:
                 remove_tree(path)
+            owner.close()
 
         with cleanup_after(tidy):
             try:

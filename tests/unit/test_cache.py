@@ -106,3 +106,12 @@ def test_clean_waits_for_no_build_and_keeps_the_lock_file(tmp_path: Path) -> Non
     assert (tmp_path / "squash" / "abc").exists(), "nothing removed while a build holds the cache"
     cache.clean()
     assert [p.name for p in tmp_path.iterdir()] == [".lock"]
+
+
+def test_half_made_entries_of_killed_builds_are_reaped(tmp_path: Path) -> None:
+    cache = Cache(tmp_path, Incremental.yes)
+    (tmp_path / "packages" / ".tmp-0123456789abcdef-4242" / "tree" / "proc").mkdir(parents=True)
+    (tmp_path / "packages" / "0123456789abcdef").mkdir()
+    (tmp_path / "packages" / "0123456789abcdef" / "key.json").write_text("{}")
+    assert [p.name for p in cache.reap_partial()] == [".tmp-0123456789abcdef-4242"]
+    assert [p.name for p in (tmp_path / "packages").iterdir()] == ["0123456789abcdef"]

@@ -225,3 +225,19 @@ def test_keys_chain_and_cache_manifests_hold_no_secret(tmp_path: Path) -> None:
         "seal": first.plan["seal"].key,
         "custom": first.plan["custom"].key,
     }
+
+
+def test_a_killed_builds_workspace_is_reaped_a_live_one_kept(tmp_path: Path) -> None:
+    """Before: a SIGKILLed build left its workspace (and the chroot's mounts in it) for good."""
+    import fcntl
+
+    from amberpi.pipeline import OWNER_FILE, reap_dead_workspaces
+
+    dead, alive, other = tmp_path / "amberpi-dead", tmp_path / "amberpi-alive", tmp_path / "amberpi-base-x"
+    for folder in (dead, alive, other):
+        (folder / "customize" / "rootfs").mkdir(parents=True)
+    (dead / OWNER_FILE).write_text("")
+    with (alive / OWNER_FILE).open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert reap_dead_workspaces(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists() and other.exists()
