@@ -618,7 +618,7 @@ def test_bootfs_writes_grub_its_menu_and_an_environment_block_in_place(tmp_path:
         f'!= "{IDENTITY.kernel_label}"',
         f'if [ "$1" = "{KERNEL}" ]',
         # toram copies 250 MiB of squashfs and 2 kB of kernel and initrd: 251 MiB, and the 256 MiB margin.
-        "console=ttyAMA0,115200 panic=10 amberpi.toram_mib=507 quiet",
+        "console=ttyAMA0,115200 panic=10 amberpi.toram_mib=507 quickusbmodules quiet",
         "did not confirm a good boot in 4 tries",
     ):
         assert expected in menu, expected

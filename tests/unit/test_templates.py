@@ -32,7 +32,7 @@ def test_debian_sources_sid_has_no_updates_or_security() -> None:
 def test_grub_cfg_pins_this_image() -> None:
     text = grub_cfg(extra_cmdline="X")
     assert 'set amberpi_args="boot=live live-media=/dev/disk/by-label/AMBERPI_SYS_1A2B3C4D amberpi.id=1a2b3c4d ' in text
-    assert 'panic=10 amberpi.toram_mib=506 X"' in text, "toram needs the squashfs (250 MiB) and the margin (256 MiB)"
+    assert 'panic=10 amberpi.toram_mib=506 quickusbmodules X"' in text, "toram needs the squashfs (250 MiB) and the margin (256 MiB)"
     assert '[ "${amberpi_krn_label}" != "AMBERPI_KRN_1A2B3C4D" ]' in text
     assert 'linux "${amberpi_krn}/vmlinuz"' in text and 'linux "${amberpi_sys}/live/vmlinuz"' in text
     assert "set default=factory" in text, "the factory kernel is the default until the kernel partition checks out"
