@@ -61,8 +61,11 @@ class VM:
             f"if=pflash,format=raw,unit=1,file={vars_file}",
             "-drive",
             f"if=none,id=disk0,format=raw,file={self.image}",
+            # Behind a PCIe root port: the root bus of -M virt cannot hot-unplug (device_del).
             "-device",
-            "virtio-blk-pci,drive=disk0,id=vdisk0",
+            "pcie-root-port,id=rp0,chassis=1,slot=1",
+            "-device",
+            "virtio-blk-pci,drive=disk0,id=vdisk0,bus=rp0",
             "-netdev",
             "user,id=net0",
             "-device",

@@ -66,7 +66,7 @@ class BootfsInputs:
     modes: BootModes
 
 
-def kernel_cmdline(inputs: BootfsInputs, system_bytes: int) -> str:
+def kernel_cmdline(inputs: BootfsInputs, system_bytes: int, factory_version: str) -> str:
     """What every boot passes, whatever the mode: live-boot uses only this image's partitions."""
     modes = inputs.modes
     # toram copies the whole system partition to RAM; with too little room beside it
@@ -76,6 +76,8 @@ def kernel_cmdline(inputs: BootfsInputs, system_bytes: int) -> str:
         "boot=live",
         f"live-media=/dev/disk/by-label/{inputs.identity.system_label}",
         f"amberpi.id={inputs.identity.image_id}",
+        # The kernel whose modules are in the squashfs: any other's live on p4.
+        f"amberpi.factory={factory_version}",
         "console=tty1",
         f"console={inputs.serial_console}",
         # A kernel that panics reboots, so GRUB can count the try and fall back.
@@ -109,7 +111,7 @@ def render_grub_cfg(inputs: BootfsInputs, factory_version: str, system_bytes: in
         board=inputs.board,
         image_id=inputs.identity.image_id,
         timeout=inputs.timeout,
-        cmdline=kernel_cmdline(inputs, system_bytes),
+        cmdline=kernel_cmdline(inputs, system_bytes, factory_version),
         kernel_label=inputs.identity.kernel_label,
         factory_version=factory_version,
         tries=inputs.kernel_tries,

@@ -645,3 +645,13 @@ def test_readonly_shows_p4_only_with_every_saved_layer_there(device: Device, con
     else:
         assert b.state["P4_VIEW"] == "none" and "nothing is kept on the persistence partition" in b.state["REASON"]
         assert "nopersistence" in b.live_boot_cmdline
+
+
+def test_the_factory_kernel_on_the_kernel_partition_is_not_warned_about(device: Device) -> None:
+    """Before: a fresh device boots the factory kernel from p3 (amberpi.kernel=current); toram
+    warned that its modules were missing, though they are in the squashfs."""
+    running = subprocess.run(["uname", "-r"], capture_output=True, text=True, check=True).stdout.strip()
+    b = boot(device, f"{CMDLINE} amberpi.factory={running} toram amberpi.mode=toram amberpi.mode_source=device")
+    assert b.state["P4_VIEW"] == "none" and "without its modules" not in b.console
+    b = boot(device, f"{CMDLINE} amberpi.factory=0.0.0-other toram amberpi.mode=toram amberpi.mode_source=device")
+    assert "runs without its modules in toram mode" in b.console
