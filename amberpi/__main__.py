@@ -68,6 +68,8 @@ def run_verb(args: argparse.Namespace) -> int:
     if args.verb == "boards":
         print_boards()
         return 0
+    if args.verb in ("release", "verify", "flash"):
+        return release_verb(args)
     config = load_config(args.config, setting_overrides(args))
     if args.verb == "summary":
         if args.json:
@@ -91,6 +93,31 @@ def run_verb(args: argparse.Namespace) -> int:
     incremental = Incremental.no if args.no_cache else Incremental(args.incremental)
     request = BuildRequest(config, incremental, args.keep_workspace, LOG.verbose, LOG.debug, args.rebuild_builder)
     return backend.build(request)
+
+
+def release_verb(args: argparse.Namespace) -> int:
+    """release, verify, flash: the release tooling (amberpi/releases.py, verify.py, flash.py)."""
+    if args.verb == "verify":
+        from amberpi.verify import verify
+
+        verify(Path(args.image))
+        return 0
+    if args.verb == "flash":
+        from amberpi.flash import flash
+
+        flash(Path(args.image), Path(args.device), yes=args.yes, force=args.force)
+        return 0
+    from amberpi.releases import collect, release, release_configs
+
+    overrides = setting_overrides(args)
+    if args.collect:
+        return collect(Path(load_config(args.config, overrides).output))
+    from amberpi.backends import BuildRequest, select_backend
+
+    configs = release_configs(args.config, overrides, args.boards)
+    backend = select_backend(args.backend)
+    incremental = Incremental.no if args.no_cache else Incremental.yes
+    return release(configs, lambda config: backend.build(BuildRequest(config, incremental, verbose=LOG.verbose, debug=LOG.debug)))
 
 
 def bootstrap_builder_base(config: Config) -> int:

@@ -84,6 +84,23 @@ class Cache:
             remove_tree(entry)
         return None
 
+    def made_at(self, stage: str, key: str) -> float | None:
+        """When the entry was made (its key.json is written once, last), or None."""
+        try:
+            return (self.entry(stage, key) / "key.json").stat().st_mtime
+        except OSError:
+            return None
+
+    def manifests(self, stage: str) -> list[tuple[float, dict[str, Any]]]:
+        """(time made, key manifest) of each complete entry of `stage`, the newest first."""
+        found = []
+        for path in (self.root / stage).glob("*/key.json"):
+            try:
+                found.append((path.stat().st_mtime, json.loads(path.read_text())))
+            except (OSError, ValueError):
+                continue
+        return sorted((item for item in found if isinstance(item[1], dict)), key=lambda item: item[0], reverse=True)
+
     def explain_miss(self, stage: str, manifest: dict[str, Any]) -> str:
         """Which key fields changed since the newest entry of this stage."""
         folder = self.root / stage

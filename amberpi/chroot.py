@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 
 from amberpi.errors import describe
-from amberpi.mounts import ensure_unmounted, mount
+from amberpi.mounts import ensure_unmounted, kill_processes_in, mount
 from amberpi.run import run
 from amberpi.trees import replaced_file, resolve_inside
 
@@ -51,6 +51,9 @@ class ChrootSession:
             host_resolv = Path("/etc/resolv.conf")
             stack.enter_context(replaced_file(resolv, host_resolv.read_bytes() if host_resolv.exists() else b""))
             stack.enter_context(replaced_file(resolve_inside(self.root, "usr/sbin/policy-rc.d"), POLICY_RC_D.encode(), 0o755))
+            # First on the way out: whatever a command left running in the tree (a daemon that left
+            # its process group, which run() kills) is stopped before its mounts are released.
+            stack.callback(kill_processes_in, self.root)
             self._stack = stack.pop_all()
         return self
 
@@ -72,7 +75,9 @@ class ChrootSession:
         label: str | None = None,
         where: str | None = None,
         hint: str | None = None,
+        timeout: float | None = None,
     ) -> str:
+        """Run argv in the chroot; after `timeout` seconds it is killed with its process group (ToolTimeout)."""
         return run(
             ["chroot", str(self.root), *argv],
             env={**CHROOT_ENV, **(env or {})},
@@ -80,4 +85,5 @@ class ChrootSession:
             label=label or Path(argv[0]).name,
             where=where,
             hint=hint,
+            timeout=timeout,
         )

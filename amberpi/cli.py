@@ -9,12 +9,12 @@ from amberpi import __version__
 from amberpi.cache import Incremental
 from amberpi.config import SETTING_FIELDS
 
-VERBS = ("build", "validate", "summary", "boards", "clean", "builder-base")
+VERBS = ("build", "validate", "summary", "boards", "clean", "builder-base", "release", "verify", "flash")
 
 
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+def add_setting_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     for name, spec in SETTING_FIELDS.items():
-        if not spec.metadata.get("cli"):
+        if not spec.metadata.get("cli") or name in skip:
             continue
         choices = spec.metadata.get("choices")
         parser.add_argument(
@@ -26,9 +26,13 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def add_common(parser: argparse.ArgumentParser) -> None:
+def add_common(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     parser.add_argument("--config", type=str, default=None, metavar="FILE", help="YAML file of settings (see `summary` for the keys)")
-    add_setting_flags(parser)
+    add_setting_flags(parser, skip)
+    add_output_flags(parser)
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true", help="stream every command and its output")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
@@ -56,7 +60,7 @@ def make_parser() -> argparse.ArgumentParser:
         "build",
         help="build an image (the default verb)",
         description="Build an image: out/amberpi-<board>.img with its .sha256, report and log.",
-        epilog="Other verbs: validate, summary [--json], boards, clean [-f], builder-base.",
+        epilog="Other verbs: validate, summary [--json], boards, clean [-f], builder-base, release, verify, flash.",
     )
     add_common(build)
     build.add_argument("--no-cache", action="store_true", help="rebuild every stage (same as --incremental=no)")
@@ -92,6 +96,44 @@ def make_parser() -> argparse.ArgumentParser:
         "amberpi/debian-base:bookworm, the base of the builder image: no registry needed.",
     )
     add_common(base)
+
+    release = sub.add_parser(
+        "release",
+        help="build boards for download: .img.xz, .bmap, manifests, report, and one Raspberry Pi Imager list",
+        description="Build each board with --compress xz (the usual pipeline and cache), then write one "
+        "Raspberry Pi Imager list of them all (amberpi.rpi-imager.json) into the output folder.",
+    )
+    add_common(release, skip=("board", "compress"))
+    release.add_argument(
+        "--board", dest="boards", action="append", default=[], metavar="BOARD", help="a board to release; repeat it (default: every board)"
+    )
+    release.add_argument(
+        "--collect", action="store_true", help="build nothing: combine the boards' Imager lists already in the output folder"
+    )
+    release.add_argument("--no-cache", action="store_true", help="rebuild every stage")
+    add_backend(release)
+
+    verify = sub.add_parser(
+        "verify",
+        help="check an image or its .img.xz against its checksums and report, and show what it holds",
+        description="Check IMAGE (.img, or .img.xz read through xz) against the .sha256 files and the build report "
+        "beside it, and print its partitions, labels, kernel, package count and build info. No mount, no root. "
+        "Exit 1 when it differs from them.",
+    )
+    verify.add_argument("image", metavar="IMAGE", help="the image (.img) or its download (.img.xz)")
+    add_output_flags(verify)
+
+    flash = sub.add_parser(
+        "flash",
+        help="write an image to an SD card or USB stick (bmaptool with the .bmap, else dd)",
+        description="Write IMAGE to the whole-disk DEVICE after checking it is not mounted, not the disk of /, "
+        "and not larger than 256 GiB (--force), then asking on the terminal (--yes: do not ask).",
+    )
+    flash.add_argument("image", metavar="IMAGE", help="the image (.img) or its download (.img.xz)")
+    flash.add_argument("device", metavar="DEVICE", help="the card's whole-disk device, e.g. /dev/sdb or /dev/mmcblk0")
+    flash.add_argument("--yes", action="store_true", help="write without asking (for scripts)")
+    flash.add_argument("--force", action="store_true", help="write a device larger than 256 GiB")
+    add_output_flags(flash)
 
     clean = sub.add_parser("clean", help="delete build outputs; -f also deletes the cache")
     add_common(clean)

@@ -12,14 +12,16 @@ build's input comes out in one error.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import difflib
 import json
 import os
 import re
 import secrets
+import struct
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,14 +29,12 @@ from typing import Any
 import yaml
 
 from amberpi.errors import ConfigError, ConfigProblem
-from amberpi.mirror import debootstrap_default_mirror, detect_host_mirrors
+from amberpi.mirror import APT_DIR, debootstrap_default_mirror, detect_host_mirrors
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "config"
 BOARDS_DIR = CONFIG_DIR / "boards"
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
-
-Check = Callable[[Any], str | None]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,68 @@ class Pattern:
         if re.fullmatch(self.regex, value):
             return None
         return f"not {self.says}" if secret else f"{shown(value)} is not {self.says}"
+
+    def hint_for(self, value: str) -> str | None:
+        """How to fix `value` (the one hint of the rule, unless a rule knows better)."""
+        return self.hint
+
+
+# scheme://[user[:password]@]host...: the part before the host names someone.
+USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@")
+
+
+@dataclass(frozen=True)
+class UrlPattern(Pattern):
+    """A mirror URL. It is written into the image's apt sources and into the build report, so it
+    must not carry a user name or password (which this rule never repeats back)."""
+
+    def check(self, value: str, *, secret: bool = False) -> str | None:
+        if USERINFO.match(value):
+            return "holds a user name or password (user:password@): it would be written into the image's apt sources and the report"
+        return super().check(value, secret=secret)
+
+    def hint_for(self, value: str) -> str | None:
+        if USERINFO.match(value):
+            return "use a mirror that needs none, such as a local apt-cacher-ng, or reach it through http_proxy"
+        return self.hint
+
+
+# The key types the image's OpenSSH accepts (DSA is gone from OpenSSH 10).
+SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+
+
+@dataclass(frozen=True)
+class SshKeyPattern(Pattern):
+    """An authorized_keys line, TYPE BASE64 [COMMENT]: a known type, and key data of that type."""
+
+    def check(self, value: str, *, secret: bool = False) -> str | None:
+        problem = super().check(value, secret=secret)
+        if problem:
+            return problem
+        kind, blob = value.split(" ", 2)[:2]
+        if kind not in SSH_KEY_TYPES:
+            return f"{shown(value)} has the unknown key type {shown(kind, 24)}"
+        try:
+            data = base64.b64decode(blob, validate=True)
+        except (binascii.Error, ValueError):
+            return f"{shown(value)}: the key data is not base64"
+        # The key data starts with its own type, as a length-prefixed string (RFC 4253, 6.6).
+        if not data.startswith(struct.pack(">I", len(kind)) + kind.encode()):
+            return f"{shown(value)}: the key data is not a {kind} key (cut short, or another key's type)"
+        return None
+
+    def hint_for(self, value: str) -> str | None:
+        if value.split(" ", 1)[0] not in SSH_KEY_TYPES:
+            return f"the image's OpenSSH takes {', '.join(SSH_KEY_TYPES)}; one key per line, without options"
+        return self.hint
 
 
 def shown(value: str, limit: int = 40) -> str:
@@ -88,9 +150,10 @@ def setting(
         "secret": secret,
         "relative_folders": relative_folders,
     }
+    # A secret stays out of repr() too: no printout of a Config (or of an error holding one) shows it.
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=lambda: list(default), metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 def section(cls: type, help: str) -> Any:
@@ -104,14 +167,20 @@ IMAGE_COMPRESSIONS = ("none", "xz")
 FIRMWARES = ("none", "raspi")
 HEX8 = Pattern(r"[0-9a-f]{8}", "8 lowercase hex digits", "e.g. 1a2b3c4d, or leave it empty")
 NAME = Pattern(r"[a-z0-9][a-z0-9.-]*", "a valid file name stem", "lowercase letters, digits, '-', '.'")
-HOSTNAME = Pattern(r"(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?", "a valid hostname", "lowercase letters, digits and '-', at most 63")
+# One DNS label (RFC 1123); not only digits (`ping 1234` is an address) and not localhost (/etc/hosts names it apart).
+HOSTNAME = Pattern(
+    r"(?!\d+$)(?!localhost$)(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?",
+    "a valid hostname",
+    "lowercase letters, digits and '-', at most 63, not only digits, not localhost",
+)
 PACKAGE = Pattern(r"[a-z0-9][a-z0-9+.-]+", "a Debian package name")
 CRYPT_HASH = Pattern(r"\$(1|5|6|y|gy|2[abxy]?)\$[^:\s]+", "a crypt(3) hash", "generate one with `openssl passwd -6`")
-SSH_KEY = Pattern(r"(ssh-|ecdsa-|sk-)\S+ \S+( [^\n\r]*)?", "an SSH public key line")
-URL = Pattern(r"(https?|file)://\S+", "a URL", "e.g. http://HOST/debian")
+SSH_KEY = SshKeyPattern(r"\S+ \S+( [^\n\r]*)?", "an SSH public key line", "TYPE BASE64 [COMMENT], as in ~/.ssh/id_ed25519.pub")
+URL = UrlPattern(r"(https?|file)://\S+", "a URL", "e.g. http://HOST/debian")
 # Pasted into grub.cfg inside double quotes: nothing that ends the string or expands in it.
 CMDLINE = Pattern(r"[^\"$\\`;\n\r]*", "a kernel command line GRUB can carry", 'no " $ \\ ` ; or line breaks')
 CONSOLE = Pattern(r"tty[A-Za-z0-9]+(,[0-9]+[noe0-9]*)?", "a serial console", "e.g. ttyS1,115200")
+IMAGER_TAG = Pattern(r"[a-z0-9][a-z0-9-]*", "a Raspberry Pi Imager device tag", "e.g. pi4-64bit")
 DTB = Pattern(r"[A-Za-z0-9_./-]+\.dtb", "a device tree path", "e.g. broadcom/bcm2837-rpi-3-b.dtb")
 
 
@@ -172,6 +241,9 @@ class Config:
     suite: str = setting("trixie", "Debian suite of the image", choices=SUITES, cli=True)
     mirror: str = setting("", "Debian mirror URL (default: this host's configured Debian mirror)", cli=True, pattern=URL)
     security_mirror: str = setting("", "Debian security mirror URL for the image's apt sources (default: the host's)", pattern=URL)
+    image_mirror: str = setting(
+        "", "Debian mirror URL the device's apt sources point at (default: `mirror`, the one the build uses)", pattern=URL
+    )
     output: str = setting("out", "folder that receives the image, its report and log", cli=True, allow_empty=False)
     image_name: str = setting("", "file name stem of the image (default: amberpi-<board>)", pattern=NAME)
     image_id: str = setting("", "8 hex digits naming this build's partitions (default: random per build)", pattern=HEX8)
@@ -182,6 +254,9 @@ class Config:
     )
     ssh_authorized_keys: list[str] = setting([], "SSH public keys allowed to log in as root", item_pattern=SSH_KEY)
     hooks_dirs: list[str] = setting([], "extra folders of *.hook.chroot scripts, run after hooks/", relative_folders=True)
+    hook_timeout_seconds: int = setting(
+        1800, "seconds a chroot hook may run before it is stopped, with every process it started", low=1, high=86400
+    )
     includes_dirs: list[str] = setting([], "extra folders copied over the rootfs, after includes/", relative_folders=True)
     kernel_cmdline: str = setting("", "extra kernel command-line arguments", pattern=CMDLINE)
     kernel_tries: int = setting(2, "boots a newly installed kernel gets to confirm a good boot before GRUB falls back", low=1, high=9)
@@ -190,6 +265,12 @@ class Config:
     kernel_size_mib: int = setting(256, "size of p3, the kernel partition (MiB)", low=128, high=4096)
     persistence_size_mib: int = setting(1024, "size of p4, the persistence partition in the image (MiB)", low=256, high=1 << 20)
     compress: str = setting("none", "also write the image compressed, for downloads (<name>.img.xz)", choices=IMAGE_COMPRESSIONS, cli=True)
+    release_url: str = setting(
+        "",
+        "the base URL the release's files will be served from (download links in the Imager list); empty: bare file names",
+        cli=True,
+        pattern=URL,
+    )
     cache_dir: str = setting("/var/cache/amberpi", "build cache folder", cli=True, allow_empty=False)
     source_date_epoch: int = setting(
         0, "the build's timestamp for every file it writes (0: the newest installed package's date; SOURCE_DATE_EPOCH sets it too)", low=0
@@ -232,6 +313,9 @@ class Board:
     config_txt: list[ConfigTxtSection] = setting([], "config.txt sections: [{filter, device_tree}]")
     gpio_jumper: str = setting("", "the jumper's line when the config says auto (gpiochipN:LINE); empty: the board has no GPIO header")
     gpio_halt: str = setting("", "the halt button's line when the config says auto (gpiochipN:LINE)")
+    imager_devices: list[str] = setting(
+        [], "Raspberry Pi Imager device tags the image is listed for (e.g. pi4-64bit); empty: not in Imager's list", item_pattern=IMAGER_TAG
+    )
 
 
 SETTING_FIELDS = {f.name: f for f in fields(Config)}
@@ -266,10 +350,44 @@ def list_boards() -> dict[str, str]:
     return boards
 
 
+class YamlText(str):
+    """A plain scalar YAML 1.1 reads as a number, a boolean or a date, kept as it was written.
+
+    `typed` is what YAML 1.1 made of it. A string setting takes the text: `image_id: 01234567`
+    is 01234567, not the octal number 342391, and `hostname: no` is `no`, not false. A number
+    setting takes the digits in decimal (0700 is seven hundred, as YAML 1.2 reads it), a
+    true-or-false setting takes `typed`.
+    """
+
+    typed: Any
+
+
+class SettingsLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, but numbers, booleans and dates stay YamlText until a setting's type says what they are."""
+
+
+def _keeping_text(construct: Any) -> Any:
+    def constructor(loader: SettingsLoader, node: yaml.ScalarNode) -> YamlText:
+        text = YamlText(node.value)
+        text.typed = construct(loader, node)
+        return text
+
+    return constructor
+
+
+for _tag, _construct in (
+    ("int", yaml.constructor.SafeConstructor.construct_yaml_int),
+    ("float", yaml.constructor.SafeConstructor.construct_yaml_float),
+    ("bool", yaml.constructor.SafeConstructor.construct_yaml_bool),
+    ("timestamp", yaml.constructor.SafeConstructor.construct_yaml_timestamp),
+):
+    SettingsLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _keeping_text(_construct))
+
+
 def read_yaml(path: Path, problems: list[ConfigProblem]) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=SettingsLoader)  # SettingsLoader is a SafeLoader
     except FileNotFoundError:
         problems.append(ConfigProblem(str(path), "-", "file not found", "check the path given to --config"))
         return {}
@@ -299,6 +417,17 @@ def field_type(owner: type, name: str) -> Any:
     return typing.get_type_hints(owner)[name]
 
 
+def whole_number(value: Any) -> int | None:
+    """A whole number from YAML or from text (command line, environment), in decimal; None if it is none."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        digits = value.strip().replace("_", "")
+        if re.fullmatch(r"[-+]?[0-9]+", digits):
+            return int(digits, 10)
+    return None
+
+
 def coerce(file: str, key: str, spec: dataclasses.Field[Any], expected: Any, value: Any, problems: list[ConfigProblem]) -> Any:
     """Check one value against its setting's type and rules; None when invalid (the problem is recorded)."""
 
@@ -306,18 +435,27 @@ def coerce(file: str, key: str, spec: dataclasses.Field[Any], expected: Any, val
         problems.append(ConfigProblem(file, key, message, hint))
 
     meta = spec.metadata
+    secret = bool(meta.get("secret", False))
+
+    def said(item: Any) -> str:
+        """The value in a message: as written (a number as a number, text quoted), and never a secret's."""
+        if secret:
+            return "the value"
+        return str(item) if isinstance(item, YamlText) else repr(item)
+
     if expected is bool:
-        if isinstance(value, bool):
-            return value
-        bad(f"{value!r} is not true or false")
+        typed = value.typed if isinstance(value, YamlText) else value
+        if isinstance(typed, bool):
+            return typed
+        bad(f"{said(value)} is not true or false")
         return None
     if expected is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            try:
-                value = int(str(value))
-            except ValueError:
-                bad(f"{value!r} is not a whole number")
-                return None
+        number = whole_number(value)
+        if number is None:
+            octal_or_hex = isinstance(value, YamlText) and isinstance(value.typed, int) and not isinstance(value.typed, bool)
+            bad(f"{said(value)} is not a whole number", "write it in decimal digits" if octal_or_hex else None)
+            return None
+        value = number
         low, high = meta.get("low"), meta.get("high")
         if low is not None and value < low and high is None:
             bad(f"{value} is {'negative' if low == 0 else f'below {low}'}", "seconds since 1970, e.g. `date +%s`" if low == 0 else None)
@@ -330,29 +468,35 @@ def coerce(file: str, key: str, spec: dataclasses.Field[Any], expected: Any, val
         (item_type,) = typing.get_args(expected)
         if dataclasses.is_dataclass(item_type):
             if not isinstance(value, list):
-                bad(f"{value!r} is not a list")
+                bad(f"{said(value)} is not a list")
                 return None
             items = [parse_dataclass(item_type, entry, file, f"{key}[{index}]", problems) for index, entry in enumerate(value)]
             return None if any(item is None for item in items) else items
-        if isinstance(value, str):
-            value = [value]
+        if value is None:
+            return []  # `packages:` with nothing after it
+        if isinstance(value, str) and not isinstance(value, YamlText):
+            value = [value]  # one name for a list of one; a number or true/false is no list
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            bad(f"{value!r} is not a list of strings")
+            bad(f"{said(value)} is not a list of strings")
+            return None
+        value = [str(item) for item in value]
+        if meta.get("relative_folders") and any(not item.strip() for item in value):
+            bad("an empty folder name", "name each folder, relative to the config file's folder")
             return None
         rule: Pattern | None = meta.get("item_pattern")
-        failures = [message for item in value if rule and (message := rule.check(item))]
-        for message in failures:
-            bad(message, rule.hint if rule else None)
+        failures = [(item, message) for item in value if rule and (message := rule.check(item, secret=secret))]
+        for item, message in failures:
+            bad(message, rule.hint_for(item) if rule else None)
         return None if failures else value
     if value is None:
         value = ""
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        bad(f"{value!r} is not a string")
+        bad(f"{said(value)} is not a string")
         return None
     value = str(value)
     choices = meta.get("choices")
     if choices and value not in choices:
-        bad(f"{value!r} is not supported", choice_hint(value, choices))
+        bad(f"{said(value)} is not supported", choice_hint(value, choices))
         return None
     if value == "":
         if not meta.get("allow_empty", True):
@@ -360,8 +504,8 @@ def coerce(file: str, key: str, spec: dataclasses.Field[Any], expected: Any, val
             return None
         return value
     pattern: Pattern | None = meta.get("pattern")
-    if pattern and (message := pattern.check(value, secret=meta.get("secret", False))):
-        bad(message, pattern.hint)
+    if pattern and (message := pattern.check(value, secret=secret)):
+        bad(message, pattern.hint_for(value))
         return None
     return value
 
@@ -508,6 +652,15 @@ def load_config(config_file: Path | str | None = None, overrides: dict[str, Any]
         merged["mirror"] = host_mirror or debootstrap_default_mirror()
     if not merged["security_mirror"]:
         merged["security_mirror"] = host_security
+    if not merged["image_mirror"]:
+        merged["image_mirror"] = merged["mirror"]
+    # A mirror taken from this host's apt sources must not carry credentials into the image either.
+    for name in ("mirror", "security_mirror"):
+        if name not in origins and USERINFO.match(merged[name]):
+            message = URL.check(merged[name])
+            problems.append(ConfigProblem(f"this host's apt sources ({APT_DIR})", name, str(message), f"set `{name}` in the config"))
+    if problems:
+        raise ConfigError(problems)
     if not merged["image_id"]:
         merged["image_id"] = secrets.token_hex(4)
     return Config(**merged)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,6 +132,25 @@ class ToolError(AmberPiError):
         if self.hint:
             lines.append(f"  fix:   {self.hint}")
         return "\n".join(lines + notes_of(self))
+
+
+class ToolTimeout(ToolError):
+    """A command ran past its time limit and was killed, with every process of its group."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        timeout: float,
+        output_tail: Sequence[str],
+        log: Path | None,
+        *,
+        where: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(argv, -signal.SIGKILL, output_tail, log, where=where, hint=hint)
+        self.timeout = timeout
+        self.what = f"`{' '.join(self.argv)}` ran longer than {timeout:g}s and was killed, with the processes it started"
+        self.args = (self.what,)
 
 
 class ToolMissing(AmberPiError):

@@ -25,6 +25,15 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def format_age(seconds: float) -> str:
+    """How old something is, in its largest whole unit: `5 minutes`, `3 days`."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return "less than a minute"
+
+
 class Logger:
     """Quiet by default: one line per stage; `verbose` streams tool output too."""
 

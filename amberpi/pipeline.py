@@ -23,7 +23,7 @@ from amberpi.cache import Cache, Incremental, locked, stage_key
 from amberpi.config import Config, load_board
 from amberpi.context import BuildContext, RunRecord, StageRecord
 from amberpi.errors import CacheError, UsageError, cleanup_after
-from amberpi.log import LOG, format_duration
+from amberpi.log import LOG, format_age, format_duration
 from amberpi.stages import STAGES
 from amberpi.stages.base import Artefact, Stage, stage_inputs_key
 from amberpi.tools import missing_tools, package_of
@@ -254,7 +254,8 @@ class Pipeline:
             action = actions.get(name)
             if action == "cached":
                 planned.record.status = "cached"
-                self.announce(planned, "cached")
+                made = cache.made_at(name, planned.key)
+                self.announce(planned, "cached", age=None if made is None else time.time() - made)
                 self.keep(name, Artefact.load(cache.entry(name, planned.key)), cache)
             elif action == "facts":
                 planned.record.status = "skipped"
@@ -290,7 +291,7 @@ class Pipeline:
         cache.save_facts(name, self.plan[name].key, artefact.facts)
         return artefact
 
-    def announce(self, planned: PlannedStage, event: str) -> None:
+    def announce(self, planned: PlannedStage, event: str, *, age: float | None = None) -> None:
         order = list(self.plan)
         name = planned.stage.name
         position = f"[{order.index(name) + 1:>{len(str(len(order)))}}/{len(order)}]"
@@ -304,7 +305,8 @@ class Pipeline:
         elif event == "done":
             LOG.note(f"{position} {name:<11} built in {format_duration(record.seconds)}")
         else:
-            LOG.note(f"{position} {name:<11} cached ({planned.key[:12]})")
+            old = f", {format_age(age)} old" if age is not None else ""
+            LOG.note(f"{position} {name:<11} cached{old} ({planned.key[:12]})")
 
     # --- publishing ----------------------------------------------------------------------
 

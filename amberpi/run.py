@@ -21,7 +21,7 @@ from typing import IO
 from plumbum import local
 from plumbum.commands.processes import CommandNotFound
 
-from amberpi.errors import ToolError, ToolMissing
+from amberpi.errors import ToolError, ToolMissing, ToolTimeout
 from amberpi.log import LOG
 from amberpi.tools import TOOL_PACKAGES
 
@@ -80,10 +80,13 @@ def run(
     where: str | None = None,
     hint: str | None = None,
     tool_log: Path | None = None,
+    timeout: float | None = None,
 ) -> str:
     """Run argv, stream its output to the log, return stdout when `capture`.
 
     The child gets exactly base_env(env): nothing else of this process's environment.
+    After `timeout` seconds it is killed with its whole process group (what it started
+    and left there) and ToolTimeout is raised.
     """
     args = [str(a) for a in argv]
     label = label or Path(args[0]).name
@@ -110,13 +113,17 @@ def run(
                 process.stdin.close()
             except BrokenPipeError:
                 pass  # the tool stopped reading; its exit status tells what happened
-        captured = pump(process, label, tail, capture)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        captured, timed_out = pump(process, label, tail, capture, deadline)
         code = process.wait()
     except BaseException:
         stop_process(process)
         raise
     finally:
         _RUNNING.discard(process)
+    if timed_out:
+        assert timeout is not None
+        raise ToolTimeout(args, timeout, list(tail), LOG.log_path, where=where, hint=hint)
     if code not in ok:
         if tool_log and tool_log.exists():
             tail.extend(tool_log.read_text(errors="replace").splitlines()[-TAIL_LINES:])
@@ -129,11 +136,15 @@ def run(
 LINGER_SECONDS = 3.0
 
 
-def pump(process: subprocess.Popen[bytes], label: str, tail: collections.deque[str], capture: bool) -> str:
+def pump(
+    process: subprocess.Popen[bytes], label: str, tail: collections.deque[str], capture: bool, deadline: float | None = None
+) -> tuple[str, bool]:
     """Log the child's output line by line (stderr when capturing stdout) until it ends.
 
     Ends when every writer has closed the pipes, or LINGER_SECONDS after the command
-    exited: then whatever it left running in its process group is killed.
+    exited: then whatever it left running in its process group is killed. At `deadline`
+    (time.monotonic()) the command's whole process group is killed. Returns what was
+    captured, and whether the deadline killed the command.
     """
     assert process.stdout is not None
     streams: dict[IO[bytes], bytearray] = {process.stdout: bytearray()}
@@ -142,9 +153,13 @@ def pump(process: subprocess.Popen[bytes], label: str, tail: collections.deque[s
     captured = bytearray()
     log_stream = process.stderr if capture else process.stdout
     exited_at: float | None = None
+    timed_out = False
     while streams:
         if exited_at is None and process.poll() is not None:
             exited_at = time.monotonic()
+        if exited_at is None and deadline is not None and time.monotonic() > deadline:
+            kill_group(process.pid)
+            timed_out, deadline = True, None
         if exited_at is not None and time.monotonic() - exited_at > LINGER_SECONDS:
             kill_group(process.pid)
             if time.monotonic() - exited_at > LINGER_SECONDS + 2:
@@ -167,7 +182,7 @@ def pump(process: subprocess.Popen[bytes], label: str, tail: collections.deque[s
     for stream, buffer in streams.items():
         if buffer and stream is log_stream:
             log_line(label, bytes(buffer), tail)
-    return captured.decode(errors="replace")
+    return captured.decode(errors="replace"), timed_out
 
 
 def log_line(label: str, raw: bytes, tail: collections.deque[str]) -> None:

@@ -17,10 +17,12 @@ from pathlib import Path
 TOOL_PACKAGES: dict[str, str] = {
     "apt-get": "apt",
     "apt-ftparchive": "apt-utils",
+    "bmaptool": "bmap-tools",
     "busybox": "busybox",
     "chroot": "coreutils",
     "cp": "coreutils",
     "dash": "dash",
+    "dd": "coreutils",
     "debootstrap": "debootstrap",
     "debugfs": "e2fsprogs",
     "dockerd": "docker.io",

@@ -95,6 +95,25 @@ def move_file(source: Path, target: Path) -> None:
     source.unlink()
 
 
+# What debootstrap copies from the build host into the tree's /etc (its setup_etc).
+BUILD_HOST_FILES = ("hostname", "resolv.conf")
+
+
+def forget_build_host(tree: Path) -> None:
+    """Drop the build host's hostname and resolver from a fresh tree.
+
+    /etc/resolv.conf is left empty (a chroot session puts the host's there while it
+    runs, amberpi/chroot.py); /etc/hostname goes (customize writes the device's).
+    """
+    etc = resolve_inside(tree, "etc")
+    for name in BUILD_HOST_FILES:
+        path = etc / name  # the link itself, if it is one: never what it points at
+        if path.exists() or path.is_symlink():
+            path.unlink()
+    if etc.is_dir():
+        (etc / "resolv.conf").write_text("")
+
+
 def set_mtimes(tree: Path, epoch: int) -> None:
     """Pin every time in a staging tree the build wrote itself (copies, not links into the cache)."""
     for path in [*tree.rglob("*"), tree]:

@@ -5,15 +5,19 @@
 - `binfmt`: a folder laid out like /proc/sys/fs/binfmt_misc.
 - `FakeTools` and the `fake_tools` fixture: stub programs named after host tools, first on PATH,
   that record their argv (and, when asked, their stdin and environment) and do what a test tells
-  them (exit status, output, an output file).
+  them (exit status, output, an output file), or hang with a child of their own.
+- `FakeArchive` and `use_fake_archive`: the Release files a Debian mirror serves, as
+  amberpi/archive.py reads them; offline at a word (tests/unit's `fake_archive` fixture).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
 import sys
+import urllib.error
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -181,6 +185,13 @@ if spec["record_stdin"]:
     data = sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
     with open(ROOT / "stdin" / (NAME + ".jsonl"), "a", encoding="utf-8", errors="surrogateescape") as log:
         log.write(json.dumps(data) + "\\n")
+if spec["hang_on"] and any(spec["hang_on"] in arg for arg in argv[1:]):
+    import subprocess, time
+    child = subprocess.Popen([sys.executable, "-IS", "-c", "import time; time.sleep(600)"])
+    with open(ROOT / "hung" / (NAME + ".jsonl"), "a", encoding="utf-8") as log:
+        log.write(json.dumps([os.getpid(), child.pid]) + "\\n")
+    print("hanging", flush=True)
+    time.sleep(600)
 for item in spec["creates"]:
     if isinstance(item, int):
         target = argv[item]
@@ -213,7 +224,7 @@ class FakeTools:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.bin = root / "bin"
-        for folder in (self.bin, root / "specs", root / "stdin", root / "env"):
+        for folder in (self.bin, root / "specs", root / "stdin", root / "env", root / "hung"):
             folder.mkdir(parents=True, exist_ok=True)
         self.log = root / "calls.jsonl"
         self.log.touch()
@@ -232,10 +243,13 @@ class FakeTools:
         content: bytes | str = b"",
         record_stdin: bool = False,
         record_env: bool = False,
+        hang_on: str | None = None,
     ) -> None:
         """Install (or reconfigure) the stubs `names`. With `record_stdin` a stub reads its stdin
         to the end and keeps it (see `stdin`): only for callers that close it. With `record_env`
-        it keeps the environment it was started with (see `env`)."""
+        it keeps the environment it was started with (see `env`). With `hang_on`, a call with an
+        argument that contains that text never ends: it starts a child that holds its output and
+        sleeps, as the child does (their pids: see `hung`)."""
         items = [creates] if isinstance(creates, int | str | os.PathLike) else list(creates)
         literal = [isinstance(item, os.PathLike) for item in items]
         if any(literal) and not all(literal):
@@ -249,6 +263,7 @@ class FakeTools:
             "content": (content.encode() if isinstance(content, str) else content).hex(),
             "record_stdin": record_stdin,
             "record_env": record_env,
+            "hang_on": hang_on,
         }
         for name in names:
             if not name or "/" in name:
@@ -283,6 +298,13 @@ class FakeTools:
         with path.open(encoding="utf-8", errors="surrogateescape") as lines:
             return [json.loads(line) for line in lines if line.strip()]
 
+    def hung(self, name: str) -> list[tuple[int, int]]:
+        """(the stub's pid, its child's pid) of each call of `name` that hung (stubs added with `hang_on`)."""
+        path = self.root / "hung" / f"{name}.jsonl"
+        if not path.exists():
+            return []
+        return [(pids[0], pids[1]) for pids in (json.loads(line) for line in path.read_text().splitlines() if line.strip())]
+
     def shell_lines(self, name: str) -> list[str]:
         """The calls of `name` as shell command lines, for readable assertion messages."""
         return [shlex.join(argv) for argv in self.calls(name)]
@@ -310,3 +332,83 @@ def fake_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeTools:
     tools = FakeTools(tmp_path / "fake-tools")
     tools.activate(monkeypatch)
     return tools
+
+
+def process_gone(pid: int, within: float = 5.0) -> bool:
+    """The process ends within `within` seconds (a zombie nobody reaped yet counts as ended):
+    a SIGKILLed process closes its files a moment before it leaves the process table."""
+    import time
+
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+# --- a Debian mirror's Release files ----------------------------------------------------------
+
+
+def release_file(indexes: dict[str, str], date: str = "Sat, 10 Jan 2026 10:00:00 UTC") -> bytes:
+    """An InRelease as Debian writes it (clearsigned), listing `indexes` (path -> sha256) and decoys."""
+    listed = {"main/binary-amd64/Packages": "a" * 64, "main/binary-arm64/Packages.xz": "b" * 64, **indexes}
+    lines = "".join(f" {digest} {1000 + n} {path}\n" for n, (path, digest) in enumerate(sorted(listed.items())))
+    body = f"Origin: Debian\nSuite: stable\nDate: {date}\nArchitectures: amd64 arm64\nSHA256:\n{lines}"
+    signature = "-----BEGIN PGP SIGNATURE-----\n\nxx\n-----END PGP SIGNATURE-----\n"
+    return f"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\n{body}{signature}".encode()
+
+
+# What every suite serves unless a test says otherwise.
+DEFAULT_INDEXES = {"main/binary-arm64/Packages": "1" * 64, "non-free-firmware/binary-arm64/Packages": "2" * 64}
+
+
+class FakeArchive:
+    """The Release files of every mirror, for amberpi.archive.fetch: `serve` one, or take `down` the network.
+
+    Every suite serves DEFAULT_INDEXES unless `serve` says otherwise; `fetched` lists the URLs asked for.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.down: str | None = None
+        self.fetched: list[str] = []
+        # amberpi.archive's memory of what it read (a build reads each Release file once).
+        self.memory: list[dict[str, Any]] = []
+
+    def serve(self, mirror: str, suite: str, indexes: dict[str, str], date: str = "Sat, 10 Jan 2026 10:00:00 UTC") -> None:
+        self.files[f"{mirror.rstrip('/')}/dists/{suite}/InRelease"] = release_file(indexes, date)
+
+    def forget(self) -> None:
+        """As a new build would: amberpi.archive reads every Release file again."""
+        for memory in self.memory:
+            memory.clear()
+
+    def fetch(self, url: str) -> bytes:
+        self.fetched.append(url)
+        if self.down:
+            raise urllib.error.URLError(self.down)
+        if url in self.files:
+            return self.files[url]
+        if url.endswith("/InRelease"):
+            return release_file(DEFAULT_INDEXES)
+        raise urllib.error.HTTPError(url, 404, "Not Found", {}, io.BytesIO())  # type: ignore[arg-type]
+
+
+def use_fake_archive(monkeypatch: pytest.MonkeyPatch) -> FakeArchive:
+    """amberpi.archive reads its Release files from a new FakeArchive (and forgets what it read before)."""
+    from amberpi import archive
+
+    fake = FakeArchive()
+    fake.memory = [{}, {}]
+    monkeypatch.setattr(archive, "fetch", fake.fetch)
+    monkeypatch.setattr(archive, "_READ", fake.memory[0])
+    monkeypatch.setattr(archive, "_DOWN", fake.memory[1])
+    # Every read asks the (fake) mirror, unless a test sets a longer reuse itself.
+    monkeypatch.setenv("AMBERPI_ARCHIVE_MAX_AGE", "0")
+    return fake

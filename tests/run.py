@@ -97,7 +97,10 @@ def main() -> int:
         return 2
     python = build.ensure_venv([REPO / "requirements.txt", REPO / "requirements-test.txt"])
     install_host_packages([*TEST_TOOLS, *build_tools(python)])
-    return subprocess.run([str(python), "-m", "pytest", *args], cwd=REPO).returncode
+    # One archive state for the whole run (amberpi/archive.py): a Debian update published while
+    # the suite runs must not turn a later strict build's cached stages into misses.
+    env = {"AMBERPI_ARCHIVE_MAX_AGE": "21600", **os.environ}
+    return subprocess.run([str(python), "-m", "pytest", *args], cwd=REPO, env=env).returncode
 
 
 if __name__ == "__main__":

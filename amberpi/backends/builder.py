@@ -29,7 +29,7 @@ from amberpi.mirror import detect_host_mirrors
 from amberpi.pipeline import host_tools
 from amberpi.run import run, which
 from amberpi.tools import packages_for
-from amberpi.trees import remove_tree
+from amberpi.trees import forget_build_host, remove_tree
 
 LABEL = "io.amberpi.role"
 BASE_SUITE = "bookworm"  # the Debian release the project supports as a build host
@@ -64,13 +64,15 @@ def host_arch() -> str:
 
 
 def trim_rootfs(tree: Path) -> None:
-    """Drop downloaded packages and package lists: the Dockerfile fetches fresh ones."""
+    """Drop downloaded packages and package lists (the Dockerfile fetches fresh ones), and this
+    host's hostname and resolver, which debootstrap copied in (the engine provides its own)."""
     for pattern in ("var/cache/apt/archives/*.deb", "var/lib/apt/lists/*", "var/log/*.log", "debootstrap"):
         for path in tree.glob(pattern):
             if path.is_dir() and not path.is_symlink():
                 remove_tree(path)
             elif path.is_file() or path.is_symlink():
                 path.unlink()
+    forget_build_host(tree)
 
 
 def import_result_error(result: Any) -> str | None:

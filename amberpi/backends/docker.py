@@ -37,7 +37,28 @@ CONFIG_MOUNT = Path("/run/amberpi")  # the resolved config, read-only, inside th
 CONFIG_NAME = "build-config.yaml"
 STOP_GRACE = 120.0  # seconds the pipeline gets to unwind (unmount, clean up) after SIGINT
 TAIL_LINES = 200
-FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev", "/run/amberpi")
+# Bound at the same path in the container, an output or cache folder must not hide the container's
+# own system. Refused at or below: the kernel's and the runtime's folders, and those the builder's
+# programs, libraries and settings live in (the host's /usr bound over the container's).
+FORBIDDEN_ROOTS = (
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/opt",
+    "/boot",
+)
+# Refused at or above: the container's package state, and the build's workspace root (which a bind
+# over /var/tmp would move onto the host). A folder beside them (/var/lib/jenkins/out) is fine.
+CONTAINER_FOLDERS = ("/var/lib/dpkg", "/var/lib/apt", "/var/tmp")
 PASSED_ENV = ("SOURCE_DATE_EPOCH", "QEMU_CPU", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 # Capabilities the pipeline uses in the container; every other one is dropped (no privileged=True,
@@ -120,8 +141,14 @@ def is_within(path: Path, root: Path) -> bool:
 
 
 def check_bind_path(what: str, path: Path) -> None:
-    if path == Path("/") or any(is_within(path, Path(root)) for root in FORBIDDEN_ROOTS):
-        raise UsageError(f"{what} {path} cannot be mounted into the build container", hint=f"choose another {what}")
+    hidden = [root for root in FORBIDDEN_ROOTS if is_within(path, Path(root))]
+    hidden += [folder for folder in CONTAINER_FOLDERS if is_within(Path(folder), path)]
+    if path == Path("/") or hidden:
+        raise UsageError(
+            f"{what} {path} cannot be mounted into the build container",
+            where=f"it is mounted at the same path there, over the container's own {hidden[0] if hidden else '/'}",
+            hint=f"choose another {what}, e.g. a folder in your home",
+        )
     if is_within(REPO_ROOT, path):
         raise UsageError(
             f"with the docker backend {what} must not be the repository folder or hold it ({path})",
@@ -171,23 +198,52 @@ def plan_container(request: BuildRequest, image: str, config_dir: Path, owner: t
     return ContainerPlan(image, command, environment, binds, str(REPO_ROOT))
 
 
+STAGED_PREFIX = "amberpi-docker-"
+
+
+def reap_staged_configs(root: Path) -> list[Path]:
+    """Staged config folders of builds that were killed (SIGKILL, OOM): they may hold the root password hash.
+
+    A folder's name carries its build's pid; one whose process is gone, and that this user owns, is removed.
+    """
+    reaped = []
+    for folder in sorted(root.glob(f"{STAGED_PREFIX}*-*")):
+        pid = folder.name.removeprefix(STAGED_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists() or folder.is_symlink() or folder.stat().st_uid != os.geteuid():
+            continue
+        remove_staged(folder)
+        reaped.append(folder)
+    return reaped
+
+
+def remove_staged(folder: Path) -> None:
+    for item in folder.iterdir():
+        item.unlink()
+    folder.rmdir()
+
+
 @contextmanager
 def staged_config(config: Config) -> Iterator[Path]:
-    """A private folder holding the host-resolved config (mirror, image id, absolute paths)."""
+    """A private folder holding the host-resolved config (mirror, image id, absolute paths).
+
+    It holds the root password hash, which the container's build needs: the folder is this
+    user's alone (0700), the file is made 0600 (never wider, whatever the umask), both are
+    removed when the build ends, and the next build removes those a killed build left.
+    """
     paths = host_paths(config)
     data = config.to_json()
     data.update(output=str(paths["output"]), cache_dir=str(paths["cache"]))
-    folder = Path(tempfile.mkdtemp(prefix="amberpi-docker-"))
+    root = Path(tempfile.gettempdir())
+    reap_staged_configs(root)
+    folder = Path(tempfile.mkdtemp(prefix=f"{STAGED_PREFIX}{os.getpid()}-", dir=root))
     try:
-        target = folder / CONFIG_NAME
-        target.touch(mode=0o600)
-        target.write_text(yaml.safe_dump(data, sort_keys=False))
         folder.chmod(0o700)
+        handle = os.open(folder / CONFIG_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(handle, "w", encoding="utf-8") as target:
+            target.write(yaml.safe_dump(data, sort_keys=False))
         yield folder
     finally:
-        for item in folder.iterdir():
-            item.unlink()
-        folder.rmdir()
+        remove_staged(folder)
 
 
 def prepare_output(config: Config, owner: tuple[int, int]) -> Path:

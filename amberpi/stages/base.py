@@ -32,6 +32,12 @@ def resource() -> Any:
     return field(metadata={"resource": True}, compare=False)
 
 
+def unkeyed(why: str) -> Any:
+    """An input field that cannot change what a successful run makes (a time limit, say): left
+    out of the key like a resource(); `why` says why, where the field is declared."""
+    return field(metadata={"resource": True, "unkeyed": why}, compare=False)
+
+
 def secret() -> Any:
     """An input field keyed by its digest: a cache manifest must never hold it in clear."""
     return field(metadata={"secret": True}, repr=False)

@@ -12,6 +12,10 @@ exactly this environment, every value of it part of this stage's cache key:
 plus, passed through unkeyed because they change how files are fetched or how fast
 emulation runs, never what is built: QEMU_CPU, http_proxy, https_proxy, no_proxy.
 The rootfs is shared by every board and every image id: hooks see neither.
+A hook gets hook_timeout_seconds to finish; past it, it is killed with its process
+group, and whatever it left running in the chroot is stopped when the session ends.
+The hooks fetch through the build's apt sources (`mirror`); the image's, naming
+`image_mirror`, are written after them.
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from amberpi.cache import Cache, stage_key
 from amberpi.chroot import ChrootSession
 from amberpi.context import BuildContext
 from amberpi.digests import digest_paths
-from amberpi.errors import StageError, ToolError
+from amberpi.errors import StageError, ToolError, ToolTimeout
 from amberpi.log import LOG
+from amberpi.manifest import package_lines, query_packages
 from amberpi.render import TEMPLATES_DIR, write_rendered
-from amberpi.run import run
-from amberpi.stages.base import Artefact, FileInput, Stage, resource, secret
+from amberpi.stages.base import Artefact, FileInput, Stage, resource, secret, unkeyed
 from amberpi.stages.packages import UPDATE_INITRAMFS
 from amberpi.tools import EMULATION_TOOLS
 from amberpi.trees import copy_over, copy_tree, resolve_inside
@@ -47,7 +51,10 @@ CUSTOMIZE_TEMPLATES = (
     "zram-generator.conf.j2",
     "journald.conf.j2",
     "watchdog.conf.j2",
+    "debian.sources.j2",
 )
+# The image's apt sources (the packages stage wrote the build's there; hooks fetch through them).
+APT_SOURCES = "etc/apt/sources.list.d/debian.sources"
 # Folders of ram_paths that everybody may write to.
 STICKY_PATHS = ("/tmp", "/var/tmp")
 # The device tools read the resilience profile here; the build writes it on the
@@ -187,14 +194,20 @@ class CustomizeInputs:
     includes: tuple[FolderInput, ...]
     templates: str
     grub_modules: tuple[str, ...]
+    # What the device's apt sources name (debian.sources): written after the hooks, which fetch from the build's mirror.
+    image_mirror: str
+    security_mirror: str
     root_password_hash: str = secret()
     apt_cache: Path = resource()
     initramfs_cache: Cache | None = resource()
+    hook_timeout_seconds: int = unkeyed(
+        "a hook that finishes in time makes the same tree whatever the limit, and one that does not fails the stage: nothing is cached"
+    )
 
 
 class CustomizeStage(Stage[CustomizeInputs]):
     name = "customize"
-    version = 3
+    version = 4
     needs = ("packages",)
     uses_facts = ("epoch",)
     tools = ("chroot", "dpkg-query", *EMULATION_TOOLS)
@@ -213,9 +226,12 @@ class CustomizeStage(Stage[CustomizeInputs]):
             includes=tuple(FolderInput.of(path) for path in include_folders if path.is_dir()),
             templates=digest_paths([TEMPLATES_DIR / name for name in CUSTOMIZE_TEMPLATES]),
             grub_modules=GRUB_MODULES,
+            image_mirror=c.image_mirror or c.mirror,
+            security_mirror=c.security_mirror,
             root_password_hash=c.root_password_hash,
             apt_cache=build.apt_cache,
             initramfs_cache=build.cache,
+            hook_timeout_seconds=c.hook_timeout_seconds,
         )
 
     def title(self, inputs: CustomizeInputs) -> str:
@@ -248,10 +264,23 @@ class CustomizeStage(Stage[CustomizeInputs]):
             version = kernel_version(tree)
             initramfs = self.make_initramfs(inputs, session, tree, version, epoch)
             self.make_grub_image(inputs, session, tree, boot)
+        write_rendered(
+            resolve_inside(tree, APT_SOURCES),
+            "debian.sources.j2",
+            suite=inputs.suite,
+            mirror=inputs.image_mirror,
+            security_mirror=inputs.security_mirror,
+        )
         self.collect_boot_files(tree, version, boot)
         manifest = self.clean_tree(tree)
         settle_dates(tree, epoch)
-        facts = {"kernel_version": version, "package_count": len(manifest), "packages": manifest, "initramfs": initramfs}
+        facts = {
+            "kernel_version": version,
+            "package_count": len(manifest),
+            "packages": package_lines(manifest),
+            "package_manifest": manifest,
+            "initramfs": initramfs,
+        }
         return Artefact(out, facts)
 
     def write_system_files(self, inputs: CustomizeInputs, tree: Path) -> None:
@@ -303,7 +332,15 @@ class CustomizeStage(Stage[CustomizeInputs]):
                 copy.chmod(0o755)
                 with LOG.step(f"Running hook {hook.name}"):
                     try:
-                        session.run([f"/{HOOKS_IN_CHROOT}/{copy.name}"], label=hook.name, env=env)
+                        session.run([f"/{HOOKS_IN_CHROOT}/{copy.name}"], label=hook.name, env=env, timeout=inputs.hook_timeout_seconds)
+                    except ToolTimeout as exc:
+                        raise StageError(
+                            f"hook {hook.name} ran longer than hook_timeout_seconds ({inputs.hook_timeout_seconds}s) "
+                            "and was killed, with every process it started",
+                            where=str(hook.path),
+                            hint="make the hook finish (a daemon it starts must not be waited for), "
+                            "or raise hook_timeout_seconds in the config; its last lines are in the build log",
+                        ) from exc
                     except ToolError as exc:
                         raise StageError(
                             f"hook {hook.name} failed (exit status {exc.code})",
@@ -360,13 +397,9 @@ class CustomizeStage(Stage[CustomizeInputs]):
             shutil.copytree(dtbs, boot / "dtbs", symlinks=True)
         (boot / "version").write_text(version + "\n")
 
-    def clean_tree(self, tree: Path) -> list[str]:
-        """Drop what must not be baked into every device; return the package manifest."""
-        manifest = run(
-            ["dpkg-query", f"--admindir={tree}/var/lib/dpkg", "-W", "-f", "${Package} ${Version}\\n"],
-            capture=True,
-            label="dpkg-query",
-        ).splitlines()
+    def clean_tree(self, tree: Path) -> list[dict[str, Any]]:
+        """Drop what must not be baked into every device; return the package manifest (amberpi/manifest.py)."""
+        manifest = query_packages(tree)
         for pattern in (
             "etc/ssh/ssh_host_*",
             "var/lib/apt/lists/*",
@@ -395,4 +428,4 @@ class CustomizeStage(Stage[CustomizeInputs]):
             resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
         else:
             resolv.write_text("")
-        return sorted(manifest)
+        return manifest

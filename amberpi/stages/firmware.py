@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from amberpi.archive import Suite, archive_state
 from amberpi.context import ARCH, BuildContext
 from amberpi.render import write_rendered
 from amberpi.run import run
@@ -19,6 +20,8 @@ from amberpi.stages.bootstrap import KEYRING
 RASPI_PACKAGES = ("raspi-firmware", "u-boot-rpi")
 FIRMWARE_DIR = "usr/lib/raspi-firmware"
 UBOOT_DIR = "usr/lib/u-boot"
+# The components firmware.sources.list.j2 names.
+FIRMWARE_COMPONENTS = ("main", "non-free-firmware")
 
 
 def private_apt_options(root: Path) -> list[str]:
@@ -47,6 +50,8 @@ class FirmwareInputs:
     suite: str
     mirror: str
     packages: tuple[str, ...]
+    # The suite's Packages indexes as the mirror serves them now (amberpi/archive.py): a new firmware refetches.
+    archive: tuple[str, ...] = ()
 
 
 class FirmwareStage(Stage[FirmwareInputs]):
@@ -57,7 +62,9 @@ class FirmwareStage(Stage[FirmwareInputs]):
     def inputs(self, build: BuildContext) -> FirmwareInputs:
         if build.board.firmware == "none":
             return FirmwareInputs("none", "", "", ())
-        return FirmwareInputs(build.board.firmware, build.config.suite, build.config.mirror, RASPI_PACKAGES)
+        c = build.config
+        archive = archive_state(build.cache, self.name, (Suite(c.mirror, c.suite, FIRMWARE_COMPONENTS),), ARCH)
+        return FirmwareInputs(build.board.firmware, c.suite, c.mirror, RASPI_PACKAGES, archive)
 
     def title(self, inputs: FirmwareInputs) -> str:
         return "Fetching Raspberry Pi firmware and U-Boot" if inputs.packages else "Fetching no firmware (UEFI board)"

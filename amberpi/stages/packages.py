@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from amberpi.archive import Suite, archive_state
 from amberpi.chroot import ChrootSession
 from amberpi.config import PACKAGE
-from amberpi.context import BuildContext
+from amberpi.context import ARCH, BuildContext
 from amberpi.digests import digest_paths
 from amberpi.render import TEMPLATES_DIR, write_rendered
 from amberpi.stages.base import Artefact, Stage, resource
@@ -20,6 +21,8 @@ UPDATE_INITRAMFS = "/usr/sbin/update-initramfs"
 APT_OPTIONS = ["-o", "Dpkg::Use-Pty=0", "-o", "APT::Install-Recommends=false", "-o", "Acquire::Retries=3"]
 LIST_SUFFIX = ".list.chroot"
 TEMPLATES = ("debian.sources.j2", "update-initramfs.j2")
+# The components debian.sources.j2 names.
+COMPONENTS = ("main", "non-free-firmware")
 
 
 def package_list_entries(path: Path) -> list[tuple[int, str]]:
@@ -28,6 +31,14 @@ def package_list_entries(path: Path) -> list[tuple[int, str]]:
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         entries += [(number, name) for name in line.split("#", 1)[0].split()]
     return entries
+
+
+def apt_suites(suite: str, mirror: str, security_mirror: str) -> tuple[Suite, ...]:
+    """The suites debian.sources.j2 names, which apt installs from."""
+    if suite == "sid":
+        return (Suite(mirror, suite, COMPONENTS),)
+    suites = (Suite(mirror, suite, COMPONENTS), Suite(mirror, f"{suite}-updates", COMPONENTS))
+    return (*suites, Suite(security_mirror, f"{suite}-security", COMPONENTS)) if security_mirror else suites
 
 
 def package_lists(folder: Path) -> list[Path]:
@@ -41,6 +52,8 @@ class PackagesInputs:
     mirror: str
     security_mirror: str
     templates: str
+    # The suites' Packages indexes as the mirrors serve them now (amberpi/archive.py): an update rebuilds.
+    archive: tuple[str, ...]
     apt_cache: Path = resource()
     # Only to point at the offending line; their names are keyed in `packages`.
     lists: tuple[Path, ...] = resource()
@@ -62,6 +75,7 @@ class PackagesStage(Stage[PackagesInputs]):
             c.mirror,
             c.security_mirror,
             digest_paths([TEMPLATES_DIR / name for name in TEMPLATES]),
+            archive_state(build.cache, self.name, apt_suites(c.suite, c.mirror, c.security_mirror), ARCH),
             build.apt_cache,
             lists,
         )

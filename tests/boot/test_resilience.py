@@ -97,7 +97,15 @@ class Device:
 
     def start(self) -> VM:
         self.boots += 1
-        extra = ["-drive", f"if=none,id=stick,format=raw,file={self.stick}", "-device", "virtio-blk-pci,drive=stick,id=vstick"]
+        # Behind a root port of its own, after the card's: the card stays vda, the stick is vdb.
+        extra = [
+            "-device",
+            "pcie-root-port,id=rp1,chassis=2,slot=2",
+            "-drive",
+            f"if=none,id=stick,format=raw,file={self.stick}",
+            "-device",
+            "virtio-blk-pci,drive=stick,id=vstick,bus=rp1",
+        ]
         self.vm = VM(
             self.image,
             console_log=self.logs / f"console-{self.boots:02d}.log",

@@ -7,7 +7,17 @@ import io
 import pytest
 
 from amberpi.log import LOG
-from tests.fakes import fake_tools  # noqa: F401 - a fixture: importing it here lets every unit test use it
+from tests.fakes import (
+    FakeArchive,
+    fake_tools,  # noqa: F401 - a fixture: importing it here lets every unit test use it
+    use_fake_archive,
+)
+
+
+@pytest.fixture(autouse=True)
+def fake_archive(monkeypatch: pytest.MonkeyPatch) -> FakeArchive:
+    """No unit test reads a real mirror: the archive's Release files come from a FakeArchive (amberpi/archive.py)."""
+    return use_fake_archive(monkeypatch)
 
 
 @pytest.fixture

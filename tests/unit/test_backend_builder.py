@@ -72,3 +72,13 @@ def test_bootstrap_base_needs_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     with pytest.raises(UsageError) as info:
         builder.bootstrap_base_image(FakeClient(), MIRROR, tmp_path)
     assert "sudo python3 build.py builder-base" in info.value.render()
+
+
+def test_the_base_image_keeps_no_build_host_hostname_or_resolver(tmp_path: Path) -> None:
+    """Before: debootstrap's copies of this host's /etc/hostname and /etc/resolv.conf went into the base image."""
+    etc = tmp_path / "rootfs" / "etc"
+    etc.mkdir(parents=True)
+    (etc / "hostname").write_text("build-host.lan\n")
+    (etc / "resolv.conf").write_text("nameserver 192.0.2.53\nsearch corp.example\n")
+    builder.trim_rootfs(tmp_path / "rootfs")
+    assert not (etc / "hostname").exists() and (etc / "resolv.conf").read_text() == ""

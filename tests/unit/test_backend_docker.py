@@ -4,6 +4,7 @@ every error message, with a fake engine."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +165,58 @@ def test_emulation_is_checked_before_any_docker_work(monkeypatch: pytest.MonkeyP
     assert "qemu-aarch64 is not registered" in info.value.render()
     assert client.created == [] and client.built == []
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "folder", ["/etc", "/usr", "/usr/local/out", "/opt", "/bin", "/lib", "/var/lib", "/var", "/var/lib/dpkg", "/var/tmp", "/run/user/1000"]
+)
+@pytest.mark.parametrize("what", ["output", "cache_dir"])
+def test_folders_of_the_containers_own_system_are_refused(tmp_path: Path, folder: str, what: str) -> None:
+    """Before: --output /etc (or /usr, /opt, /var/lib...) was bound over the builder container's own folder."""
+    with pytest.raises(UsageError) as info:
+        docker_backend.plan_container(request(tmp_path, **{what: folder}), "img", tmp_path / "cfg", (0, 0))
+    assert "cannot be mounted into the build container" in info.value.what
+    assert info.value.where is not None and "over the container's own" in info.value.where
+
+
+@pytest.mark.parametrize("folder", ["/var/lib/jenkins/workspace/out", "/srv/images", "/var/cache/amberpi", "/var/tmp/out", "/home/me/out"])
+def test_folders_beside_the_containers_own_are_fine(tmp_path: Path, folder: str) -> None:
+    plan = docker_backend.plan_container(request(tmp_path, output=folder, cache_dir=folder + "-cache"), "img", tmp_path / "cfg", (0, 0))
+    assert plan.create_kwargs()["volumes"][folder] == {"bind": folder, "mode": "rw"}
+
+
+def test_staged_config_holds_the_secret_only_privately_and_only_while_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    previous = os.umask(0)  # a careless umask changes nothing
+    try:
+        with docker_backend.staged_config(request(tmp_path, root_password_hash="$6$salt$secrethash").config) as folder:
+            assert folder.parent == tmp_path and folder.stat().st_mode & 0o777 == 0o700
+            path = folder / "build-config.yaml"
+            assert path.stat().st_mode & 0o777 == 0o600 and "secrethash" in path.read_text()
+    finally:
+        os.umask(previous)
+    assert list(tmp_path.iterdir()) == []
+    plan = docker_backend.plan_container(request(tmp_path, root_password_hash="$6$salt$secrethash"), "img", tmp_path / "cfg", (0, 0))
+    assert "secrethash" not in repr(plan.create_kwargs()), "neither the command nor the environment carries it"
+
+
+def test_staged_configs_a_killed_build_left_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a build killed outright (SIGKILL, OOM) left the root password hash in /tmp for good."""
+    import subprocess
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tmp_path / f"amberpi-docker-{gone.pid}-abc"
+    alive = tmp_path / f"amberpi-docker-{os.getpid()}-def"
+    for folder in (dead, alive):
+        folder.mkdir()
+        (folder / "build-config.yaml").write_text("root_password_hash: $6$salt$secrethash\n")
+    with docker_backend.staged_config(request(tmp_path).config):
+        pass
+    assert not dead.exists(), "its build is gone"
+    assert alive.exists(), "a running build's is left alone"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -197,3 +199,182 @@ def test_resilience_gpio_on_a_pi_board(tmp_path: Path) -> None:
     assert config.resilience.jumper == "gpiochip0:22"
     problems = problems_of(write(tmp_path, "resilience:\n  halt_button: gpiochip0:17\n"), board="pi3")
     assert any("resilience.halt_button: gpiochip0:17 is the jumper's line too" in p for p in problems)
+
+
+# --- YAML 1.1's numbers and booleans, hostnames, SSH keys, mirror URLs ------------------------
+
+
+def test_numbers_yaml_would_read_in_octal_or_as_booleans_stay_as_written(tmp_path: Path) -> None:
+    """Before: `image_id: 01234567` was the octal number 342391, reported as "'342391' is not 8 hex digits"."""
+    config = load_config(write(tmp_path, "image_id: 01234567\nhostname: no\nboot_size_mib: 0200\n"), {})
+    assert config.image_id == "01234567"
+    assert config.hostname == "no", "YAML 1.1's false, a hostname as written"
+    assert config.boot_size_mib == 200, "digits are decimal, as YAML 1.2 reads them"
+    (problem,) = problems_of(write(tmp_path, "image_id: 0x1a2b3c4d\n"))
+    assert "image_id: '0x1a2b3c4d' is not 8 lowercase hex digits" in problem
+    (problem,) = problems_of(write(tmp_path, "kernel_tries: 0x2\n"))
+    assert "kernel_tries: 0x2 is not a whole number (write it in decimal digits)" in problem
+
+
+def test_a_config_round_trips_through_the_docker_backends_yaml(tmp_path: Path) -> None:
+    import yaml
+
+    config = load_config(write(tmp_path, "image_id: 01234567\nhostname: 'no'\n"), {})
+    assert load_config(write(tmp_path, yaml.safe_dump(config.to_json())), {}) == config
+
+
+@pytest.mark.parametrize("name", ["1234", "localhost", "Bad_Name", "-pi", "pi-", "a" * 64, "pi.lan", ""])
+def test_hostnames_that_are_refused(tmp_path: Path, name: str) -> None:
+    """Before: an all-digit name (an address to `ping`) and `localhost` were accepted."""
+    (problem,) = problems_of(write(tmp_path, f"hostname: '{name}'\n"))
+    assert problem.startswith(f"{tmp_path / 'user.yaml'}: hostname: ")
+
+
+@pytest.mark.parametrize("name", ["pi", "kiosk-2", "0pi", "a" * 63])
+def test_hostnames_that_are_accepted(tmp_path: Path, name: str) -> None:
+    assert load_config(write(tmp_path, f"hostname: '{name}'\n"), {}).hostname == name
+
+
+def ssh_key(kind: str, payload: bytes = bytes(32)) -> str:
+    import base64
+    import struct
+
+    blob = struct.pack(">I", len(kind)) + kind.encode() + struct.pack(">I", len(payload)) + payload
+    return f"{kind} {base64.b64encode(blob).decode()} me@laptop"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (ssh_key("ssh-dss"), "has the unknown key type 'ssh-dss'"),
+        ("ssh-foo AAAAC3NzaC1lZDI1NTE5 me", "has the unknown key type 'ssh-foo'"),
+        ('from="10.0.0.1" ' + ssh_key("ssh-ed25519"), "has the unknown key type"),
+        ("ssh-ed25519 not*base64 me", "the key data is not base64"),
+        (ssh_key("ssh-rsa").replace("ssh-rsa ", "ssh-ed25519 ", 1), "the key data is not a ssh-ed25519 key"),
+        ("ssh-ed25519", "is not an SSH public key line"),
+    ],
+)
+def test_ssh_key_lines_of_unknown_types_or_broken_data_are_refused(tmp_path: Path, line: str, message: str) -> None:
+    """Before: any line that started with ssh-, ecdsa- or sk- and had two words passed."""
+    import yaml
+
+    (problem,) = problems_of(write(tmp_path, yaml.safe_dump({"ssh_authorized_keys": [line]})))
+    assert "ssh_authorized_keys: " in problem and message in problem, problem
+
+
+def test_ssh_keys_of_known_types_are_accepted(tmp_path: Path) -> None:
+    import yaml
+
+    keys = [ssh_key("ssh-ed25519"), ssh_key("ecdsa-sha2-nistp256", bytes(65)), ssh_key("sk-ssh-ed25519@openssh.com")]
+    assert load_config(write(tmp_path, yaml.safe_dump({"ssh_authorized_keys": keys})), {}).ssh_authorized_keys == keys
+
+
+@pytest.mark.parametrize("key", ["mirror", "security_mirror", "image_mirror"])
+def test_mirror_urls_with_credentials_are_refused_without_repeating_them(tmp_path: Path, key: str) -> None:
+    """Before: http://user:password@host/debian was accepted, and written into the image's apt sources and the report."""
+    (problem,) = problems_of(write(tmp_path, f"{key}: http://builder:s3cret@mirror.example/debian\n"))
+    assert f"{key}: holds a user name or password (user:password@)" in problem and "apt sources" in problem
+    assert "s3cret" not in problem and "apt-cacher-ng" in problem
+
+
+def test_a_mirror_with_credentials_in_the_hosts_apt_sources_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from amberpi import config as config_module
+
+    monkeypatch.setattr(config_module, "detect_host_mirrors", lambda: ("http://u:pw@mirror.lan/debian", ""))
+    (problem,) = problems_of()
+    assert "this host's apt sources" in problem and "mirror: holds a user name or password" in problem and ":pw@" not in problem
+    assert load_config(None, {"mirror": "http://mirror.lan/debian"}).mirror == "http://mirror.lan/debian"
+
+
+def test_image_mirror_defaults_to_the_build_mirror(tmp_path: Path) -> None:
+    assert load_config(None, {"mirror": "http://build.example/debian"}).image_mirror == "http://build.example/debian"
+    config = load_config(write(tmp_path, "image_mirror: http://deb.debian.org/debian\n"), {"mirror": "http://proxy.lan:3142/debian"})
+    assert (config.mirror, config.image_mirror) == ("http://proxy.lan:3142/debian", "http://deb.debian.org/debian")
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+
+def test_a_secret_of_the_wrong_type_is_never_repeated_back(tmp_path: Path) -> None:
+    """Before: `root_password_hash: [HASH]` was reported as "['$6$…'] is not a string", hash and all."""
+    (problem,) = problems_of(write(tmp_path, "root_password_hash: ['$6$salt$leakedhash']\n"))
+    assert "root_password_hash: the value is not a string" in problem and "leakedhash" not in problem
+
+
+def test_a_configs_printout_never_shows_the_password_hash() -> None:
+    """Before: repr(Config) (in a debug printout, a traceback's locals) held the hash."""
+    config = Config(root_password_hash="$6$salt$leakedhash")
+    assert "leakedhash" not in repr(config) and "leakedhash" not in str(config)
+
+
+# --- every setting, every type ----------------------------------------------------------------
+
+
+def every_setting() -> list[tuple[str, Any, Any]]:
+    """(key, its type, its declaration) of every config key, sections' keys as section.key."""
+    from dataclasses import fields
+
+    from amberpi.config import SETTING_FIELDS, field_type
+
+    found = []
+    for name, spec in SETTING_FIELDS.items():
+        if spec.metadata.get("section"):
+            section = field_type(Config, name)
+            found += [(f"{name}.{sub.name}", field_type(section, sub.name), sub) for sub in fields(section)]
+            found.append((name, "section", spec))
+        else:
+            found.append((name, field_type(Config, name), spec))
+    return found
+
+
+# Values of the wrong type for each kind of setting, as YAML. A number or true/false where text is
+# expected is text as written (`hostname: no`), so text settings get lists and mappings.
+WRONG = {
+    bool: ["maybe", "[true]", "{a: 1}", "3"],
+    int: ["lots", "[1]", "{a: 1}", "1.5", "0x10", "true"],
+    str: ["['$6$x$leaked']", "{a: leaked}"],
+    "list": ["{a: 1}", "[[1]]", "[{a: 1}]", "true"],
+    "section": ["5", "[1]", "text"],
+}
+
+
+def wrong_values() -> list[Any]:
+    cases = []
+    for key, kind, _spec in every_setting():
+        kind_name = "list" if typing.get_origin(kind) is list else kind
+        cases += [pytest.param(key, value, id=f"{key}={value}") for value in WRONG[kind_name]]
+    return cases
+
+
+@pytest.mark.parametrize(("key", "value"), wrong_values())
+def test_every_setting_with_a_value_of_the_wrong_type_gives_one_located_problem(tmp_path: Path, key: str, value: str) -> None:
+    """Every key of `summary`, each wrong type: one problem naming the file and the key, never a crash."""
+    section, _, sub = key.partition(".")
+    text = f"{section}:\n  {sub}: {value}\n" if sub else f"{key}: {value}\n"
+    config_file = write(tmp_path, text)
+    problems = problems_of(config_file)
+    assert len(problems) == 1 and problems[0].startswith(f"{config_file}: {key}: "), problems
+    assert "leaked" not in problems[0] or "root_password_hash" not in key
+
+
+def cli_wrong_value(name: str, spec: Any) -> str:
+    """A value no command-line setting may take: the command line gives text, so a wrong value of its kind."""
+    if name == "board":
+        return "pi5"
+    if spec.metadata.get("choices"):
+        return "nonsense"
+    if spec.metadata.get("pattern"):
+        return "not one"
+    if not spec.metadata.get("allow_empty", True):
+        return ""
+    raise AssertionError(f"--{name.replace('_', '-')}: give this test a wrong value for it")
+
+
+@pytest.mark.parametrize("name", [name for name, _kind, spec in every_setting() if spec.metadata.get("cli")])
+def test_every_command_line_setting_with_a_wrong_value_gives_a_located_problem(name: str) -> None:
+    from amberpi.cli import parse_args, setting_overrides
+    from amberpi.config import SETTING_FIELDS
+
+    args = parse_args(["summary", f"--{name.replace('_', '-')}", cli_wrong_value(name, SETTING_FIELDS[name])])
+    problems = problems_of(**setting_overrides(args))
+    assert len(problems) == 1 and problems[0].startswith(f"command line: {name}: "), problems

@@ -138,6 +138,20 @@ def test_a_cached_stage_makes_its_upstream_unnecessary_and_facts_come_from_the_c
     assert image.endswith("v1\n"), "custom's fact, recorded by the build that made it"
 
 
+def test_the_progress_line_of_a_cached_stage_says_how_old_it_is(build, tmp_path: Path, quiet_log) -> None:  # type: ignore[no-untyped-def]
+    """Before: `cached (key)` only: nothing told a warm cache's trees were weeks old."""
+    import os
+    import time
+
+    build()
+    (entry,) = (tmp_path / "cache" / "seal").glob("*/key.json")
+    made = time.time() - 3 * 86400 - 600
+    os.utime(entry, (made, made))
+    quiet_log.truncate(0)
+    build()
+    assert "seal        cached, 3 days old (" in quiet_log.getvalue()
+
+
 def test_an_input_change_rebuilds_that_stage_and_everything_after_it(build) -> None:  # type: ignore[no-untyped-def]
     build()
     KNOBS["custom"] = "2"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from amberpi.errors import ToolError, ToolMissing
+from amberpi.errors import ToolError, ToolMissing, ToolTimeout
 from amberpi.run import run
+from tests.fakes import process_gone
 
 
 def test_the_child_gets_no_variable_of_ours(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,3 +56,19 @@ def test_a_missing_tool_names_its_package() -> None:
     with pytest.raises(ToolMissing) as error:
         run(["mksquashfs-not-here"])
     assert "mksquashfs-not-here" in error.value.what
+
+
+def test_a_command_past_its_timeout_is_killed_with_its_process_group(tmp_path: Path) -> None:
+    """Before: run() had no time limit, so a hook that never ended hung the build for good."""
+    pidfile = tmp_path / "pid"
+    started = time.monotonic()
+    with pytest.raises(ToolTimeout) as error:
+        run(["sh", "-c", f"sleep 300 & echo $! > {pidfile}; echo started; sleep 300"], label="hook", timeout=1)
+    assert time.monotonic() - started < 10
+    assert error.value.timeout == 1 and "ran longer than 1s and was killed" in error.value.what
+    assert error.value.output_tail == ["started"], "what it printed before is kept"
+    assert process_gone(int(pidfile.read_text())), "what it started in its process group is killed too"
+
+
+def test_a_command_within_its_timeout_is_left_alone() -> None:
+    assert run(["sh", "-c", "echo quick"], capture=True, timeout=30) == "quick\n"

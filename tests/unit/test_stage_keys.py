@@ -13,6 +13,7 @@ from amberpi.context import Layout
 from amberpi.pipeline import Pipeline
 from amberpi.stages import STAGES
 from tests.conftest import REPO
+from tests.fakes import DEFAULT_INDEXES, FakeArchive
 
 ALL = [stage.name for stage in STAGES]
 ROOTFS = ["bootstrap", "packages", "epoch", "customize", "squash", "bootfiles"]
@@ -63,6 +64,13 @@ BASE = Config(board="qemu", mirror="http://m/debian", security_mirror="http://s/
         ({"board": "pi3"}, {"firmware", "bootfs", "iso", "disk", "release"}),
         ({"persistence_size_mib": 2048}, {"persistence", "disk", "release"}),
         ({"compress": "xz"}, {"release"}),
+        # The Imager list's download links.
+        ({"release_url": "https://example.org/amberpi/v1/"}, {"release"}),
+        # Only the device's apt sources, written at the end of customize: the build fetches from `mirror`.
+        ({"image_mirror": "http://device-mirror/debian"}, after("customize") - NOT_FROM_ROOTFS),
+        # A limit, not an input: a hook that finishes in time makes the same tree under any limit
+        # (only the report, which records the whole config, changes).
+        ({"hook_timeout_seconds": 60}, {"release"}),
     ],
     ids=lambda value: next(iter(value)) if isinstance(value, dict) else None,
 )
@@ -117,3 +125,35 @@ def test_the_password_hash_is_keyed_by_digest_only(project: Path, tmp_path: Path
     pipeline.make_plan(dataclasses.replace(pipeline.context(tmp_path, Cache(tmp_path / "cache", Incremental.yes)), layout=Layout(project)))
     manifest = str(pipeline.plan["customize"].manifest)
     assert "secrethash" not in manifest
+
+
+@pytest.mark.parametrize(
+    ("suite", "reached"),
+    [
+        # A point release: debootstrap and apt would install other versions.
+        ("trixie", set(ALL) - {"firmware"}),
+        # A stable update or a security update: only what apt installs.
+        ("trixie-updates", after("packages") - {"firmware"}),
+        ("trixie-security", after("packages") - {"firmware"}),
+    ],
+)
+def test_a_new_debian_release_reaches_the_stages_that_install_from_it(
+    project: Path, tmp_path: Path, fake_archive: FakeArchive, suite: str, reached: set[str]
+) -> None:
+    """Before: a warm cache kept its bootstrap and packages trees whatever the archive had published since."""
+    mirror = BASE.security_mirror if suite.endswith("-security") else BASE.mirror
+    before = keys(BASE, project, tmp_path)
+    fake_archive.serve(mirror, suite, {**DEFAULT_INDEXES, "main/binary-arm64/Packages": "9" * 64})
+    fake_archive.forget()
+    changed = keys(BASE, project, tmp_path)
+    assert {name for name in ALL if before[name] != changed[name]} == reached
+
+
+def test_an_archive_change_another_architecture_sees_changes_nothing(project: Path, tmp_path: Path, fake_archive: FakeArchive) -> None:
+    before = keys(BASE, project, tmp_path)
+    # A new Date and new amd64 indexes: the same arm64 ones.
+    fake_archive.serve(
+        BASE.mirror, "trixie", {**DEFAULT_INDEXES, "main/binary-amd64/Packages": "c" * 64}, date="Sun, 11 Jan 2026 04:00:00 UTC"
+    )
+    fake_archive.forget()
+    assert keys(BASE, project, tmp_path) == before

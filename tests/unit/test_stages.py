@@ -25,6 +25,7 @@ from amberpi.errors import StageError, ToolError
 from amberpi.filesystems.fat import list_fat, read_fat_file
 from amberpi.filesystems.iso9660 import list_iso, read_iso_file, volume_id
 from amberpi.identity import ImageIdentity
+from amberpi.manifest import QUERY_FORMAT
 from amberpi.stages.base import Artefact, FileInput
 from amberpi.stages.bootfiles import BootfilesInputs, BootfilesStage
 from amberpi.stages.bootfs import BootfsInputs, BootfsStage
@@ -39,7 +40,7 @@ from amberpi.stages.persistence import PersistenceInputs, PersistenceStage
 from amberpi.stages.release import ReleaseInputs, ReleaseStage
 from amberpi.stages.squash import EXCLUDE, SquashInputs, SquashStage
 from tests.conftest import EPOCH
-from tests.fakes import MIRROR, FakeTools
+from tests.fakes import MIRROR, FakeTools, process_gone
 from tests.samples import boot_modes, device_profile, system_profile
 
 pytestmark = pytest.mark.usefixtures("quiet_log")
@@ -48,6 +49,7 @@ IDENTITY = ImageIdentity("1a2b3c4d")
 KERNEL = "6.12.9-arm64"
 DTB = "broadcom/bcm2711-rpi-4-b.dtb"
 SECURITY = "http://security.example/debian-security"
+IMAGE_MIRROR = "http://device-mirror.example/debian"
 PASSWORD_HASH = "$6$salt$0123456789abcdef"
 # The chroot as a session mounts it (amberpi/chroot.py), in order.
 CHROOT_MOUNTS = ["proc", "sys", "dev", "dev/pts", "dev/shm", "run", "var/cache/apt/archives"]
@@ -101,8 +103,11 @@ def assert_every_mount_released(fake_tools: FakeTools, tree: Path) -> None:
 # --- bootstrap --------------------------------------------------------------------------------
 
 
+ARCHIVE = (f"{MIRROR} trixie: {'1' * 64}",)
+
+
 def bootstrap_inputs(tmp_path: Path) -> BootstrapInputs:
-    return BootstrapInputs("trixie", MIRROR, "arm64", ("ca-certificates", "eatmydata"), "1.0.141", apt_cache=tmp_path / "debs")
+    return BootstrapInputs("trixie", MIRROR, "arm64", ("ca-certificates", "eatmydata"), "1.0.141", ARCHIVE, apt_cache=tmp_path / "debs")
 
 
 def test_bootstrap_runs_debootstrap_minbase_for_arm64(fake_tools: FakeTools, tmp_path: Path) -> None:
@@ -123,6 +128,16 @@ def test_bootstrap_runs_debootstrap_minbase_for_arm64(fake_tools: FakeTools, tmp
     ]
     assert (tmp_path / "debs").is_dir(), "the .deb cache is made for debootstrap"
     assert artefact.path == out
+
+
+def test_bootstrap_leaves_no_build_host_hostname_or_resolver_in_the_tree(fake_tools: FakeTools, tmp_path: Path) -> None:
+    """Before: debootstrap's copies of this host's /etc/hostname and /etc/resolv.conf stayed in the cached tree."""
+    fake_tools.add("debootstrap", creates=["{argv[6]}/etc/hostname", "{argv[6]}/etc/resolv.conf"], content="build-host.lan\n")
+    out = out_dir(tmp_path)
+    BootstrapStage().run(bootstrap_inputs(tmp_path), {}, out)
+    tree = out / "tree"
+    assert not (tree / "etc/hostname").exists(), "customize writes the device's"
+    assert (tree / "etc/resolv.conf").read_text() == "", "a chroot session brings the host's resolver only while it runs"
 
 
 def test_bootstrap_failure_shows_debootstraps_own_log(fake_tools: FakeTools, tmp_path: Path) -> None:
@@ -162,6 +177,22 @@ def test_chroot_session_mounts_a_fresh_read_only_sysfs_and_releases_everything(f
     assert_every_mount_released(fake_tools, tree)
     assert (tree / "etc/resolv.conf").read_text() == "nameserver 192.0.2.1\n", "the tree's own file is back"
     assert not (tree / "usr/sbin/policy-rc.d").exists()
+
+
+def test_chroot_session_stops_what_commands_left_running_before_releasing_mounts(
+    fake_tools: FakeTools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a daemon a hook started in a session of its own outlived the session, running in the cached tree."""
+    from amberpi import chroot
+
+    fake_chroot_tools(fake_tools)
+    stopped: list[tuple[Path, int]] = []
+    monkeypatch.setattr(chroot, "kill_processes_in", lambda root: stopped.append((root, len(fake_tools.calls("umount")))))
+    tree = chroot_tree(tmp_path)
+    with ChrootSession(tree, apt_cache=tmp_path / "debs") as session:
+        session.run(["true"])
+    assert stopped == [(tree.resolve(), 0)], "every process in the tree is stopped first, before any umount"
+    assert_every_mount_released(fake_tools, tree)
 
 
 def test_chroot_session_rolls_back_a_half_done_setup(fake_tools: FakeTools, tmp_path: Path) -> None:
@@ -209,6 +240,7 @@ def packages_inputs(tmp_path: Path, lists: tuple[Path, ...] = ()) -> PackagesInp
         mirror=MIRROR,
         security_mirror=SECURITY,
         templates="digest",
+        archive=ARCHIVE,
         apt_cache=tmp_path / "debs",
         lists=lists,
     )
@@ -336,7 +368,9 @@ def hook_inputs(tmp_path: Path, scripts: dict[str, str]) -> tuple[FileInput, ...
     return tuple(FileInput.of(hook_folder / name) for name in sorted(scripts))
 
 
-def customize_inputs(tmp_path: Path, hooks: tuple[FileInput, ...] = (), password_hash: str = PASSWORD_HASH) -> CustomizeInputs:
+def customize_inputs(
+    tmp_path: Path, hooks: tuple[FileInput, ...] = (), password_hash: str = PASSWORD_HASH, hook_timeout: int = 1800
+) -> CustomizeInputs:
     return CustomizeInputs(
         system=system_profile(),
         suite="trixie",
@@ -346,9 +380,12 @@ def customize_inputs(tmp_path: Path, hooks: tuple[FileInput, ...] = (), password
         includes=(),
         templates="digest",
         grub_modules=GRUB_MODULES,
+        image_mirror=IMAGE_MIRROR,
+        security_mirror=SECURITY,
         root_password_hash=password_hash,
         apt_cache=tmp_path / "debs",
         initramfs_cache=None,
+        hook_timeout_seconds=hook_timeout,
     )
 
 
@@ -362,7 +399,7 @@ def fake_customize_tools(fake_tools: FakeTools) -> None:
         creates=["{argv[1]}/tmp/amberpi-grub/BOOTAA64.EFI", f"{{argv[1]}}/boot/initrd.img-{KERNEL}"],
         content=b"made in the chroot",
     )
-    fake_tools.add("dpkg-query", stdout="systemd 257.4-1\nbase-files 13.8\n")
+    fake_tools.add("dpkg-query", stdout="systemd\t257.4-1\tarm64\tsystemd\t257.4-1\nbase-files\t13.8\tarm64\t\t\n")
 
 
 def run_customize(tmp_path: Path, inputs: CustomizeInputs, out: str = "out") -> Artefact:
@@ -384,11 +421,29 @@ def test_customize_runs_setup_hooks_initramfs_and_grub_in_the_chroot(fake_tools:
         ["grub-mkimage", "-O", "arm64-efi", "-p", "/grub", "-o", "/tmp/amberpi-grub/BOOTAA64.EFI", *GRUB_MODULES],
     ]
     assert_every_mount_released(fake_tools, tree)
-    assert fake_tools.calls("dpkg-query") == [["dpkg-query", f"--admindir={tree}/var/lib/dpkg", "-W", "-f", "${Package} ${Version}\\n"]]
+    assert fake_tools.calls("dpkg-query") == [["dpkg-query", f"--admindir={tree}/var/lib/dpkg", "-W", "-f", QUERY_FORMAT]]
     assert artefact.facts == {
         "kernel_version": KERNEL,
         "package_count": 2,
         "packages": ["base-files 13.8", "systemd 257.4-1"],
+        "package_manifest": [
+            {
+                "name": "base-files",
+                "version": "13.8",
+                "architecture": "arm64",
+                "source": "base-files",
+                "source_version": "13.8",
+                "licenses": None,
+            },
+            {
+                "name": "systemd",
+                "version": "257.4-1",
+                "architecture": "arm64",
+                "source": "systemd",
+                "source_version": "257.4-1",
+                "licenses": None,
+            },
+        ],
         "initramfs": "built",
     }
 
@@ -462,6 +517,47 @@ def test_customize_refuses_a_hook_edited_during_the_build_and_releases_the_chroo
         run_customize(tmp_path, customize_inputs(tmp_path, (hook,)))
     assert [argv[0] for argv in inside(fake_tools, tmp_path / "out/rootfs")] == ["chpasswd"], "the edited hook never ran"
     assert_every_mount_released(fake_tools, tmp_path / "out/rootfs")
+
+
+def test_customize_a_hook_past_hook_timeout_seconds_is_killed_with_what_it_started(fake_tools: FakeTools, tmp_path: Path) -> None:
+    """Before: hooks had no time limit; a hook waiting on something that never came hung the build for good."""
+    fake_customize_tools(fake_tools)
+    fake_tools.add("chroot", hang_on="/tmp/amberpi-hooks/")
+    hooks = hook_inputs(tmp_path, {"10-wait.hook.chroot": "#!/bin/sh\nwhile :; do sleep 1; done\n"})
+    with pytest.raises(StageError) as info:
+        run_customize(tmp_path, customize_inputs(tmp_path, hooks, hook_timeout=1))
+    assert info.value.what.startswith("hook 10-wait.hook.chroot ran longer than hook_timeout_seconds (1s) and was killed")
+    assert info.value.where == str(hooks[0].path)
+    assert info.value.hint is not None and "hook_timeout_seconds" in info.value.hint
+    (pids,) = fake_tools.hung("chroot")
+    assert all(process_gone(pid) for pid in pids), "the hook and the process it started are both gone"
+    tree = tmp_path / "out/rootfs"
+    assert [argv[0] for argv in inside(fake_tools, tree)] == ["chpasswd", "/tmp/amberpi-hooks/000-10-wait.hook.chroot"]
+    assert_every_mount_released(fake_tools, tree)
+
+
+def test_customize_points_the_images_apt_sources_at_image_mirror(fake_tools: FakeTools, tmp_path: Path) -> None:
+    """Before: the device's apt sources were always the build's mirror (a LAN proxy, say)."""
+    fake_customize_tools(fake_tools)
+    run_customize(tmp_path, customize_inputs(tmp_path))
+    sources = (tmp_path / "out/rootfs/etc/apt/sources.list.d/debian.sources").read_text()
+    assert f"URIs: {IMAGE_MIRROR}\nSuites: trixie trixie-updates\n" in sources
+    assert f"URIs: {SECURITY}\nSuites: trixie-security\n" in sources
+    assert MIRROR not in sources
+
+
+def test_customize_never_logs_the_password_hash(fake_tools: FakeTools, tmp_path: Path) -> None:
+    from amberpi.log import LOG
+
+    fake_customize_tools(fake_tools)
+    LOG.open_log(tmp_path / "build.log")
+    try:
+        run_customize(tmp_path, customize_inputs(tmp_path, hook_inputs(tmp_path, {"10-a.hook.chroot": "#!/bin/sh\n"})))
+    finally:
+        LOG.close_log()
+        LOG.log_path = None
+    log = (tmp_path / "build.log").read_text()
+    assert "chpasswd --encrypted" in log and PASSWORD_HASH not in log and "0123456789abcdef" not in log
 
 
 def test_customize_preflight_reports_a_hook_without_a_shebang(tmp_path: Path) -> None:
@@ -771,13 +867,16 @@ def test_disk_partitions_a_plain_file_and_copies_each_partition_in(tmp_path: Pat
 # --- release ----------------------------------------------------------------------------------
 
 
-def release_inputs(compress: str) -> ReleaseInputs:
+def release_inputs(compress: str, imager_devices: tuple[str, ...] = ()) -> ReleaseInputs:
     record = RunRecord(stages=[StageRecord("bootstrap", "cached", 1.0, "k1"), StageRecord("release", "pending")])
     return ReleaseInputs(
         name="amberpi-test",
         compress=compress,
         identity=IDENTITY,
         board="rpi4",
+        board_description="Raspberry Pi 4",
+        imager_devices=imager_devices,
+        release_url="",
         backend="native",
         suite="trixie",
         mirror=MIRROR,
@@ -789,7 +888,31 @@ def release_inputs(compress: str) -> ReleaseInputs:
 
 def release_upstream(tmp_path: Path) -> dict[str, Artefact]:
     disk = folder(tmp_path, "disk", {"disk.img": b"disk image"})
-    built = {"kernel_version": KERNEL, "package_count": 2, "packages": ["base-files 13.8", "systemd 257.4-1"], "initramfs": "built"}
+    manifest = [
+        {
+            "name": "base-files",
+            "version": "13.8",
+            "architecture": "arm64",
+            "source": "base-files",
+            "source_version": "13.8",
+            "licenses": None,
+        },
+        {
+            "name": "systemd",
+            "version": "257.4-1",
+            "architecture": "arm64",
+            "source": "systemd",
+            "source_version": "257.4-1",
+            "licenses": ["LGPL-2.1+"],
+        },
+    ]
+    built = {
+        "kernel_version": KERNEL,
+        "package_count": 2,
+        "packages": ["base-files 13.8", "systemd 257.4-1"],
+        "package_manifest": manifest,
+        "initramfs": "built",
+    }
     return {
         "disk": Artefact(disk, {"image_bytes": 10, "layout": [{"number": 1}]}),
         "customize": Artefact(None, built),
@@ -800,8 +923,9 @@ def release_upstream(tmp_path: Path) -> dict[str, Artefact]:
 
 def test_release_compresses_with_xz_and_publishes_the_image_first(fake_tools: FakeTools, tmp_path: Path) -> None:
     fake_tools.add("xz", creates="{last}.xz", content=b"xz!")
+    fake_tools.add("bmaptool", creates="{argv[3]}", content="<bmap/>")
     out = out_dir(tmp_path)
-    artefact = ReleaseStage().run(release_inputs("xz"), release_upstream(tmp_path), out)
+    artefact = ReleaseStage().run(release_inputs("xz", ("pi4-64bit",)), release_upstream(tmp_path), out)
     image = out / "amberpi-test.img"
     assert fake_tools.calls("xz") == [["xz", "-6", "-T0", "-k", "-f", str(image)]]
     publish = artefact.facts["publish"]
@@ -809,12 +933,16 @@ def test_release_compresses_with_xz_and_publishes_the_image_first(fake_tools: Fa
     assert set(publish) == {
         "amberpi-test.img",
         "amberpi-test.img.sha256",
+        "amberpi-test.img.bmap",
         "amberpi-test.packages",
+        "amberpi-test.manifest.json",
         "amberpi-test.img.xz",
         "amberpi-test.img.xz.sha256",
+        "amberpi-test.rpi-imager.json",
         "amberpi-test.report.json",
     }
     assert all((out / name).is_file() for name in publish)
+    assert fake_tools.calls("bmaptool") == [["bmaptool", "create", "-o", str(out / "amberpi-test.img.bmap"), str(image)]]
     assert artefact.facts["withdraw"] == []
     assert image.read_bytes() == b"disk image" and not (tmp_path / "disk/disk.img").exists(), "moved, not copied"
     assert (out / "amberpi-test.img.sha256").read_text() == f"{hashlib.sha256(b'disk image').hexdigest()}  amberpi-test.img\n"
@@ -827,8 +955,16 @@ def test_release_compresses_with_xz_and_publishes_the_image_first(fake_tools: Fa
 
 def test_release_without_compression_calls_no_xz_and_withdraws_old_downloads(fake_tools: FakeTools, tmp_path: Path) -> None:
     fake_tools.add("xz")
+    fake_tools.add("bmaptool", creates="{argv[3]}", content="<bmap/>")
     out = out_dir(tmp_path)
     artefact = ReleaseStage().run(release_inputs("none"), release_upstream(tmp_path), out)
     assert fake_tools.calls("xz") == []
-    assert artefact.facts["publish"] == ["amberpi-test.img", "amberpi-test.img.sha256", "amberpi-test.packages", "amberpi-test.report.json"]
-    assert artefact.facts["withdraw"] == ["amberpi-test.img.xz", "amberpi-test.img.xz.sha256"]
+    assert artefact.facts["publish"] == [
+        "amberpi-test.img",
+        "amberpi-test.img.sha256",
+        "amberpi-test.img.bmap",
+        "amberpi-test.packages",
+        "amberpi-test.manifest.json",
+        "amberpi-test.report.json",
+    ]
+    assert artefact.facts["withdraw"] == ["amberpi-test.img.xz", "amberpi-test.img.xz.sha256", "amberpi-test.rpi-imager.json"]

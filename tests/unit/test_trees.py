@@ -71,3 +71,34 @@ def test_an_include_replaces_a_symlink_instead_of_writing_through_it(tmp_path: P
     target = tree / "etc" / "amberpi" / "resilience.conf"
     assert not target.is_symlink() and target.read_text() == "HALT_LINE=3\n"
     assert not (tree / "run" / "live").exists()
+
+
+def test_a_sparse_image_moved_across_file_systems_stays_sparse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image leaves the workspace (the builder container's) for the output folder (the host's) by copy:
+    its holes must stay holes (the Docker backend's images took 1.7 GiB on disk against 425 MiB)."""
+    import errno
+    import hashlib
+
+    from amberpi import trees
+
+    source = tmp_path / "disk.img"
+    with source.open("wb") as image:
+        image.truncate(64 << 20)
+        image.seek(1 << 20)
+        image.write(b"p1" * 2048)
+        image.seek(40 << 20)
+        image.write(b"p4" * 2048)
+    if source.stat().st_blocks * 512 > 8 << 20:
+        pytest.skip("this file system keeps no holes")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+
+    def across_file_systems(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(trees.os, "rename", across_file_systems)
+    target = tmp_path / "out" / "amberpi.img"
+    target.parent.mkdir()
+    move_file(source, target)
+    assert not source.exists()
+    assert target.stat().st_size == 64 << 20 and hashlib.sha256(target.read_bytes()).hexdigest() == digest
+    assert target.stat().st_blocks * 512 < 8 << 20, "the copy is as sparse as the image was"
