@@ -165,6 +165,16 @@ class Device:
     def remove_from_p1(self, name: str) -> None:
         subprocess.run(["mdel", "-i", self.p1(), f"::/{name}"], check=True, env=MTOOLS_ENV)
 
+    def p4_clean(self) -> bool:
+        """p4's ext4 needs no journal replay (RECOVER, 0x4 of s_feature_incompat) and is marked valid."""
+        offset, _ = partition_range(self.image, 4)
+        with self.image.open("rb") as handle:
+            handle.seek(offset + 1024)
+            superblock = handle.read(1024)
+        incompat = int.from_bytes(superblock[0x60:0x64], "little")
+        state = int.from_bytes(superblock[0x3A:0x3C], "little")
+        return not incompat & 0x4 and bool(state & 0x1)
+
     def image_hash(self) -> str:
         digest = hashlib.sha256()
         with self.image.open("rb") as handle:
@@ -275,6 +285,7 @@ def test_3_restore_applied_grow_is_a_no_op_then_toram_once(device: Device) -> No
     vm.check("amberpi-mode set toram --once")
     device.power_off()
     assert partition_table(device.image)["partitions"] == table, "the second boot grew nothing"
+    assert device.p4_clean(), "a clean shutdown leaves p4's journal finished (readonly boots can then show it)"
 
 
 def test_4_toram_keeps_running_without_its_disk(device: Device) -> None:
