@@ -53,7 +53,12 @@ def grub_cfg(factory_version: str = "6.12.1", **changes: Any) -> str:
 
 def system_profile() -> SystemProfile:
     return SystemProfile(
-        tuple(DEFAULTS.ram_paths), DEFAULTS.journal_max_mib, DEFAULTS.zram_percent, DEFAULTS.zram_algorithm, DEFAULTS.watchdog_seconds
+        ("/var/lib/kiosk",),
+        tuple(DEFAULTS.ram_paths),
+        DEFAULTS.journal_max_mib,
+        DEFAULTS.zram_percent,
+        DEFAULTS.zram_algorithm,
+        DEFAULTS.watchdog_seconds,
     )
 
 

@@ -179,8 +179,10 @@ class VM:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-# Keys on GRUB's serial console (it reads VT100 sequences).
-KEY_DOWN = "\x1b[B"
+# Keys on GRUB's console. Emacs-style control keys, not VT100 arrows: through the
+# firmware's serial terminal an arrow's escape sequence can arrive cut, and GRUB's
+# editor then types "[B" into the entry.
+KEY_DOWN = "\x0e"  # Ctrl-N: the next menu entry, or the next line in the editor
 CTRL_E = "\x05"
 CTRL_X = "\x18"
 GRUB_MENU = "will be executed automatically"
@@ -205,9 +207,10 @@ def grub_append_to_cmdline(vm: VM, text: str, timeout: float = 300) -> None:
     vm.child.send("e")
     vm.expect("linux", 30)
     time.sleep(0.5)
-    # The entry's first line is its `echo`; the `linux` line follows.
-    vm.child.send(KEY_DOWN)
-    time.sleep(0.3)
+    # The entry's lines: GRUB's own `setparams`, our `echo`, then `linux`.
+    for _ in range(2):
+        vm.child.send(KEY_DOWN)
+        time.sleep(0.3)
     vm.child.send(CTRL_E)
     time.sleep(0.3)
     vm.child.send(" " + text)

@@ -177,6 +177,9 @@ class FolderInput:
 class SystemProfile:
     """The part of the resilience profile the rootfs carries: the same on every board."""
 
+    # Folders kept on p4 (live-boot unions): they must exist in the image, as live-boot
+    # stacks the image's folder under each one and fails the whole boot without it.
+    persistent_paths: tuple[str, ...]
     ram_paths: tuple[str, ...]
     journal_max_mib: int
     zram_percent: int
@@ -218,7 +221,9 @@ class CustomizeStage(Stage[CustomizeInputs]):
         include_folders = [build.layout.device / "rootfs", build.layout.includes, *(Path(d) for d in c.includes_dirs)]
         r = c.resilience
         return CustomizeInputs(
-            system=SystemProfile(tuple(r.ram_paths), r.journal_max_mib, r.zram_percent, r.zram_algorithm, r.watchdog_seconds),
+            system=SystemProfile(
+                tuple(r.persistent_paths), tuple(r.ram_paths), r.journal_max_mib, r.zram_percent, r.zram_algorithm, r.watchdog_seconds
+            ),
             suite=c.suite,
             hostname=c.hostname,
             ssh_authorized_keys=tuple(c.ssh_authorized_keys),
@@ -287,6 +292,8 @@ class CustomizeStage(Stage[CustomizeInputs]):
         write_rendered(resolve_inside(tree, "etc/hostname"), "hostname.j2", hostname=inputs.hostname)
         write_rendered(resolve_inside(tree, "etc/hosts"), "hosts.j2", hostname=inputs.hostname)
         system = inputs.system
+        for kept in system.persistent_paths:
+            resolve_inside(tree, kept).mkdir(mode=0o755, parents=True, exist_ok=True)
         write_rendered(resolve_inside(tree, "etc/fstab"), "fstab.j2", ram_paths=system.ram_paths, sticky=STICKY_PATHS)
         write_rendered(
             resolve_inside(tree, "etc/systemd/zram-generator.conf"),

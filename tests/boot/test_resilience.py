@@ -371,7 +371,7 @@ def test_8_chosen_paths_persist_the_rest_lives_in_ram(device: Device, tmp_path: 
     offset, length = partition_range(device.image, 4)
     tree = tmp_path / "p4"
     tree.mkdir()
-    (tree / "persistence.conf").write_text("/home union\n/var/lib/amberpi-test union\n")
+    (tree / "persistence.conf").write_text("/home union\n/srv union\n")
     fresh = tmp_path / "p4.img"
     label = f"amberpi-{device.image_id()}"
     make_ext4(tree, fresh, size_mib=length >> 20, label=label, fs_uuid="0c0ffee0-0000-4000-8000-000000000008", epoch=EPOCH)
@@ -384,13 +384,13 @@ def test_8_chosen_paths_persist_the_rest_lives_in_ram(device: Device, tmp_path: 
     grub_append_to_cmdline(vm, "amberpi.mode=toram-persistent")
     device.login()
     assert device.mode() == "toram-persistent cmdline rw"
-    vm.check("mkdir -p /home/user /var/lib/amberpi-test && echo kept > /home/user/kept && echo kept > /var/lib/amberpi-test/kept")
+    vm.check("mkdir -p /home/user && echo kept > /home/user/kept && echo kept > /srv/kept")
     vm.check("echo lost > /root/lost && echo lost > /etc/amberpi-lost && sync")
     vm.send("systemctl reboot")
     grub_pick_entry(vm, MENU.index("mode-persistent"))
     device.login()
     assert device.mode() == "persistent menu rw"
-    assert vm.check("cat /home/user/kept /var/lib/amberpi-test/kept") == "kept\nkept"
+    assert vm.check("cat /home/user/kept /srv/kept") == "kept\nkept"
     assert vm.run("cat /root/lost")[0] != 0 and vm.run("cat /etc/amberpi-lost")[0] != 0, "outside the listed paths, nothing is kept"
     assert vm.check("findmnt -n -o FSTYPE /") == "overlay"
     device.power_off()

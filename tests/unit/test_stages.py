@@ -446,6 +446,9 @@ def test_customize_runs_setup_hooks_initramfs_and_grub_in_the_chroot(fake_tools:
         ],
         "initramfs": "built",
     }
+    # Before: a persistent path missing from the image made live-boot fail the boot
+    # ("overlay needs at least one lower filesystem") and reboot, over and over.
+    assert (tree / "var/lib/kiosk").is_dir()
 
 
 def test_customize_root_password_hash_goes_on_stdin_never_in_argv(fake_tools: FakeTools, tmp_path: Path) -> None:
