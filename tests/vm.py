@@ -194,9 +194,9 @@ def grub_pick_entry(vm: VM, position: int, timeout: float = 300) -> None:
     vm.expect(GRUB_MENU, timeout)
     vm.child.send(KEY_DOWN)  # any key stops the countdown; this one also moves
     for _ in range(position - 1):
-        time.sleep(0.3)
+        time.sleep(1)
         vm.child.send(KEY_DOWN)
-    time.sleep(0.3)
+    time.sleep(1)
     vm.child.send("\r")
 
 
@@ -205,14 +205,15 @@ def grub_append_to_cmdline(vm: VM, text: str, timeout: float = 300) -> None:
     assert vm.child
     vm.expect(GRUB_MENU, timeout)
     vm.child.send("e")
-    vm.expect("linux", 30)
-    time.sleep(0.5)
+    vm.expect("initrd", 30)
+    # Under emulation GRUB draws the editor slowly, and a key sent while it does is lost.
+    time.sleep(3)
     # The entry's lines: GRUB's own `setparams`, our `echo`, then `linux`.
     for _ in range(2):
         vm.child.send(KEY_DOWN)
-        time.sleep(0.3)
+        time.sleep(1)
     vm.child.send(CTRL_E)
-    time.sleep(0.3)
+    time.sleep(1)
     vm.child.send(" " + text)
-    time.sleep(0.5)
+    time.sleep(1)
     vm.child.send(CTRL_X)
