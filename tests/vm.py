@@ -208,8 +208,9 @@ def grub_append_to_cmdline(vm: VM, text: str, timeout: float = 300) -> None:
     vm.expect("initrd", 30)
     # Under emulation GRUB draws the editor slowly, and a key sent while it does is lost.
     time.sleep(3)
-    # The entry's lines: GRUB's own `setparams`, our `echo`, then `linux`.
-    for _ in range(2):
+    # The entry's lines as GRUB's editor shows them: its own `setparams`, an empty
+    # line, our `echo`, then `linux`.
+    for _ in range(3):
         vm.child.send(KEY_DOWN)
         time.sleep(1)
     vm.child.send(CTRL_E)
