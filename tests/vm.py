@@ -188,18 +188,6 @@ CTRL_X = "\x18"
 GRUB_MENU = "will be executed automatically"
 
 
-def grub_pick_entry(vm: VM, position: int, timeout: float = 300) -> None:
-    """Stop GRUB's countdown and boot the menu entry at `position` (0: the first)."""
-    assert vm.child
-    vm.expect(GRUB_MENU, timeout)
-    vm.child.send(KEY_DOWN)  # any key stops the countdown; this one also moves
-    for _ in range(position - 1):
-        time.sleep(1)
-        vm.child.send(KEY_DOWN)
-    time.sleep(1)
-    vm.child.send("\r")
-
-
 def grub_append_to_cmdline(vm: VM, text: str, timeout: float = 300) -> None:
     """Edit the default entry at GRUB's menu: append `text` to its `linux` line, then boot it."""
     assert vm.child
@@ -218,3 +206,11 @@ def grub_append_to_cmdline(vm: VM, text: str, timeout: float = 300) -> None:
     vm.child.send(" " + text)
     time.sleep(1)
     vm.child.send(CTRL_X)
+
+
+def grub_press(vm: VM, key: str, timeout: float = 300) -> None:
+    """Press a key while GRUB's menu counts down (a menu entry's --hotkey boots it)."""
+    assert vm.child
+    vm.expect(GRUB_MENU, timeout)
+    time.sleep(0.5)
+    vm.child.send(key)

@@ -31,6 +31,8 @@ MODE_TITLES = {
     "toram": "run from RAM (nothing kept; the card may be removed)",
     "toram-persistent": "run from RAM, changes kept",
 }
+# One key at GRUB's menu boots the mode (shown in the entry's title).
+MODE_HOTKEYS = {"persistent": "p", "readonly": "r", "toram": "t", "toram-persistent": "k"}
 MARKER_ORDER = ("persistent", "toram-persistent", "toram", "readonly")
 # Modes that leave p4 out: only the factory kernel's modules are there (in the squashfs).
 MODES_WITHOUT_P4 = ("toram",)
@@ -118,6 +120,7 @@ def render_grub_cfg(inputs: BootfsInputs, factory_version: str, system_bytes: in
         default_mode=inputs.modes.default,
         mode_args=mode_args(inputs.identity),
         mode_titles=MODE_TITLES,
+        mode_hotkeys=MODE_HOTKEYS,
         marker_order=MARKER_ORDER,
         modes_without_p4=MODES_WITHOUT_P4,
         modes_without_writes=MODES_WITHOUT_WRITES,

@@ -31,11 +31,12 @@ import pytest
 
 from amberpi.filesystems.ext4 import make_ext4
 from amberpi.render import render
+from amberpi.stages.bootfs import MODE_HOTKEYS
 from tests.conftest import EPOCH, TEST_PASSWORD, BuiltImage, amberpi, write_test_config
 from tests.imagetools import SECTOR, partition_range, partition_table, sha256_range
 from tests.measurements import record
 from tests.samples import device_profile
-from tests.vm import VM, grub_append_to_cmdline, grub_pick_entry
+from tests.vm import VM, grub_append_to_cmdline, grub_press
 
 pytestmark = pytest.mark.boot
 
@@ -358,10 +359,6 @@ def test_7_damaged_persistence_boots_readonly_and_says_why(device: Device) -> No
     device.power_off()
 
 
-# The menu's entries, in order (amberpi/templates/grub.cfg.j2): the three kernels, then one per mode.
-MENU = ["current", "previous", "factory", "mode-persistent", "mode-readonly", "mode-toram", "mode-toram-persistent"]
-
-
 def test_8_chosen_paths_persist_the_rest_lives_in_ram(device: Device, tmp_path: Path) -> None:
     """live-boot's custom mounts: only the listed folders are kept (resilience.persistent_paths).
 
@@ -389,7 +386,7 @@ def test_8_chosen_paths_persist_the_rest_lives_in_ram(device: Device, tmp_path: 
     vm.check("mkdir -p /home/user && echo kept > /home/user/kept && echo kept > /srv/kept")
     vm.check("echo lost > /root/lost && echo lost > /etc/amberpi-lost && sync")
     vm.send("systemctl reboot")
-    grub_pick_entry(vm, MENU.index("mode-persistent"))
+    grub_press(vm, MODE_HOTKEYS["persistent"])
     device.login()
     assert device.mode() == "persistent menu rw"
     assert vm.check("cat /home/user/kept /srv/kept") == "kept\nkept"

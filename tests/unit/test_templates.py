@@ -96,3 +96,9 @@ def test_grub_cfg_parses_with_grub_script_check(board: str, tmp_path) -> None:  
     result = subprocess.run(["grub-script-check", str(cfg)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "set fallback=factory" in cfg.read_text()
+
+
+def test_each_mode_entry_has_its_key() -> None:
+    text = grub_cfg()
+    for mode, key in (("persistent", "p"), ("readonly", "r"), ("toram", "t"), ("toram-persistent", "k")):
+        assert f"--id mode-{mode} --hotkey={key} {{" in text
