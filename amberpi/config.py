@@ -510,14 +510,10 @@ def coerce(file: str, key: str, spec: dataclasses.Field[Any], expected: Any, val
     return value
 
 
-def parse_dataclass(cls: Any, data: Any, file: str, prefix: str, problems: list[ConfigProblem]) -> Any:
-    """An instance of a settings dataclass from a mapping, or None (each problem recorded)."""
-    if not isinstance(data, dict):
-        problems.append(ConfigProblem(file, prefix, "must be a mapping of key: value"))
-        return None
+def coerce_keys(cls: Any, data: dict[Any, Any], file: str, prefix: str, problems: list[ConfigProblem]) -> dict[str, Any]:
+    """The valid values of a mapping for the settings dataclass `cls` (each problem recorded)."""
     specs = {f.name: f for f in fields(cls) if f.metadata}
     values = {}
-    before = len(problems)
     for key, raw in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
         if key not in specs:
@@ -525,7 +521,18 @@ def parse_dataclass(cls: Any, data: Any, file: str, prefix: str, problems: list[
             continue
         value = coerce(file, path, specs[key], field_type(cls, key), raw, problems)
         if value is not None:
-            values[key] = value
+            values[str(key)] = value
+    return values
+
+
+def parse_dataclass(cls: Any, data: Any, file: str, prefix: str, problems: list[ConfigProblem]) -> Any:
+    """An instance of a settings dataclass from a mapping, or None (each problem recorded)."""
+    if not isinstance(data, dict):
+        problems.append(ConfigProblem(file, prefix, "must be a mapping of key: value"))
+        return None
+    specs = {f.name: f for f in fields(cls) if f.metadata}
+    before = len(problems)
+    values = coerce_keys(cls, data, file, prefix, problems)
     for name, spec in specs.items():
         if name not in data and not spec.metadata.get("allow_empty", True):
             problems.append(ConfigProblem(file, f"{prefix}.{name}" if prefix else name, "missing", spec.metadata["help"]))
@@ -553,17 +560,9 @@ def merge_section(
     if not isinstance(raw, dict):
         problems.append(ConfigProblem(origin, key, "must be a mapping of key: value"))
         return
-    specs = {f.name: f for f in fields(cls)}
-    merged = values.setdefault(key, {})
-    for name, item in raw.items():
-        path = f"{key}.{name}"
-        if name not in specs:
-            problems.append(unknown_key_problem(origin, path, list(specs)))
-            continue
-        value = coerce(origin, path, specs[name], field_type(cls, name), item, problems)
-        if value is not None:
-            merged[name] = value
-            origins[path] = origin
+    given = coerce_keys(cls, raw, origin, key, problems)
+    values.setdefault(key, {}).update(given)
+    origins.update({f"{key}.{name}": origin for name in given})
 
 
 Layer = tuple[str, dict[str, Any], Path | None]  # origin, values, the folder relative paths start from
