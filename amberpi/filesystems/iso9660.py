@@ -70,6 +70,15 @@ def _pycdlib_clock(epoch: int) -> Iterator[None]:
             module.time = original  # type: ignore[attr-defined]  # as above
 
 
+def iso_identity(epoch: int) -> str:
+    """The identity GRUB shows for an image make_iso wrote (`probe --fs-uuid`): its volume date.
+
+    The device's amberpi-kernel gives each write of the kernel partition a new one the same way
+    (xorriso -volume_date uuid), and grubenv names the one the partition should hold.
+    """
+    return time.strftime("%Y-%m-%d-%H-%M-%S-00", time.gmtime(epoch))
+
+
 def make_iso(source: Path, target: Path, *, volume_id: str, epoch: int) -> None:
     """Write `source`'s tree as a Rock Ridge ISO9660 image at `target`, every date set to epoch.
 

@@ -11,6 +11,7 @@ from amberpi.config import ConfigTxtSection, gpio_line
 from amberpi.context import BuildContext
 from amberpi.errors import StageError
 from amberpi.filesystems.fat import make_fat
+from amberpi.filesystems.iso9660 import iso_identity
 from amberpi.identity import ImageIdentity
 from amberpi.kernelstates import INITIAL_STATE
 from amberpi.render import render, write_rendered
@@ -167,7 +168,7 @@ def copy_raspi_firmware(inputs: BootfsInputs, firmware: Path, boot: Path, tree: 
 
 class BootfsStage(Stage[BootfsInputs]):
     name = "bootfs"
-    version = 3
+    version = 4
     needs = ("bootfiles", "firmware")
     uses_facts = ("customize", "squash", "epoch")
     tools = ("mkfs.vfat", "mcopy")
@@ -213,10 +214,12 @@ class BootfsStage(Stage[BootfsInputs]):
             (boot / name).stat().st_size for name in ("vmlinuz", "initrd.img")
         )
         grub_cfg.write_text(render_grub_cfg(inputs, factory_version, system_bytes))
-        write_grubenv(tree / "grub" / "grubenv", [("amberpi_state", INITIAL_STATE.value), ("amberpi_version", factory_version)])
+        epoch = int(upstream["epoch"].facts["source_date_epoch"])
+        # The iso stage writes p3 with the same epoch, so this is the identity it will carry.
+        initial = [("amberpi_state", INITIAL_STATE.value), ("amberpi_version", factory_version), ("amberpi_krn_uuid", iso_identity(epoch))]
+        write_grubenv(tree / "grub" / "grubenv", initial)
         if inputs.firmware == "raspi":
             copy_raspi_firmware(inputs, upstream["firmware"].folder, boot, tree)
-        epoch = int(upstream["epoch"].facts["source_date_epoch"])
         make_fat(tree, out / "p1.img", size_mib=inputs.size_mib, label="AMBERPI", volume_id=inputs.identity.image_id, epoch=epoch)
         # The device rewrites grubenv in place on the raw partition, as GRUB does.
         offset = find_grubenv(out / "p1.img", (tree / "grub" / "grubenv").read_bytes())

@@ -8,6 +8,7 @@ grub-editenv read the results back.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -24,11 +25,13 @@ from amberpi.stages.bootfs import find_grubenv, write_grubenv
 from tests.conftest import EPOCH, REPO
 
 SCRIPT = REPO / "amberpi/device/rootfs/usr/sbin/amberpi-kernel"
+LIB = REPO / "amberpi/device/rootfs/usr/lib/amberpi/lib.sh"
 SHELLS = [["dash"], ["busybox", "sh"]]
 FACTORY = "6.12.1+deb13-arm64"
 NEW = "6.16.3+bpo-arm64"
 NEWER = "6.17.1+bpo-arm64"
 KERNEL_LABEL = "AMBERPI_KRN_1A2B3C4D"
+ISO_VOLUME_DATE = 16 * 2048 + 830  # the primary volume descriptor's modification date
 DTB = "broadcom/bcm2837-rpi-3-b.dtb"
 
 
@@ -44,12 +47,25 @@ class Device:
         return subprocess.run([*self.shell, str(SCRIPT), *args], capture_output=True, text=True, env=self.env, timeout=120)
 
     def grubenv(self) -> dict[str, str]:
+        """GRUB's environment as grub-editenv reads it, less the write identity, which must name p3's."""
         text = read_fat_file(self.parts / "p1", "/grub/grubenv").decode()
         assert len(text.encode()) == 1024
         copy = self.parts / "grubenv-copy"
         copy.write_text(text)
         listed = subprocess.run(["grub-editenv", str(copy), "list"], capture_output=True, text=True, check=True).stdout
-        return dict(line.split("=", 1) for line in listed.splitlines())
+        variables = dict(line.split("=", 1) for line in listed.splitlines())
+        identity = variables.pop("amberpi_krn_uuid", None)
+        assert identity in (None, self.identity()), f"grubenv names write {identity}, p3 holds {self.identity()}"
+        return variables
+
+    def identity(self) -> str:
+        """The write p3 holds, as GRUB's `probe --fs-uuid` shows it: the ISO's volume modification date."""
+        digits = (self.parts / "p3").read_bytes()[ISO_VOLUME_DATE : ISO_VOLUME_DATE + 16].decode(errors="replace")
+        return "-".join([digits[0:4], *(digits[i : i + 2] for i in range(4, 16, 2))])
+
+    def trial_cmdline(self) -> str:
+        """What GRUB passes to a kernel it boots on trial from p3."""
+        return f"boot=live amberpi.kernel=trial amberpi.krn_uuid={self.identity()}"
 
     def p3_digest(self) -> str:
         return hashlib.sha256((self.parts / "p3").read_bytes()).hexdigest()
@@ -132,7 +148,7 @@ def test_confirm_keeps_a_kernel_on_trial(device: Device) -> None:
     assert device.run("install").returncode == 0
     assert device.run("confirm").returncode == 0
     assert device.grubenv()["amberpi_state"] == "new", "confirm does nothing unless booted on trial"
-    result = device.run("confirm", cmdline="boot=live amberpi.kernel=trial")
+    result = device.run("confirm", cmdline=device.trial_cmdline())
     assert result.returncode == 0 and "booted fine" in result.stdout
     assert device.grubenv() == {"amberpi_state": "good", "amberpi_version": NEW}
 
@@ -195,7 +211,7 @@ def install_confirmed(device: Device, version: str) -> None:
     """Install `version` and let its trial boot confirm it: the state a good update leaves."""
     add_kernel(device.root, version)
     assert device.run("install", version).returncode == 0
-    assert device.run("confirm", cmdline="boot=live amberpi.kernel=trial").returncode == 0
+    assert device.run("confirm", cmdline=device.trial_cmdline()).returncode == 0
     assert device.grubenv()["amberpi_state"] == "good"
 
 
@@ -256,7 +272,7 @@ def test_a_reinstalled_good_kernel_keeps_its_good_copy(device: Device) -> None:
 def test_no_fallback_when_there_is_no_room_for_two(device: Device) -> None:
     install_confirmed(device, NEW)
     (device.root / "boot" / f"initrd.img-{NEW}").write_bytes(os.urandom(5 << 20))
-    assert device.run("reinstall").returncode == 0 and device.run("confirm", cmdline="amberpi.kernel=trial").returncode == 0
+    assert device.run("reinstall").returncode == 0 and device.run("confirm", cmdline=device.trial_cmdline()).returncode == 0
     add_kernel(device.root, NEWER)
     (device.root / "boot" / f"initrd.img-{NEWER}").write_bytes(os.urandom(5 << 20))
     result = device.run("install", NEWER)
@@ -270,7 +286,7 @@ def test_no_fallback_when_the_work_folder_is_short_of_room(device: Device, tmp_p
     """Staging two kernels needs twice the room: with room for one, the install goes ahead without a fallback."""
     install_confirmed(device, NEW)
     (device.root / "boot" / f"initrd.img-{NEW}").write_bytes(os.urandom(3 << 20))
-    assert device.run("reinstall").returncode == 0 and device.run("confirm", cmdline="amberpi.kernel=trial").returncode == 0
+    assert device.run("reinstall").returncode == 0 and device.run("confirm", cmdline=device.trial_cmdline()).returncode == 0
     add_kernel(device.root, NEWER)
     # df reports 2 MiB free: enough for NEWER's few KiB plus the margin, not for NEW's 3 MiB copy as well.
     fake_bin = tmp_path / "fake-bin"
@@ -351,3 +367,81 @@ def test_initramfs_update_keeps_the_partition_in_step(device: Device) -> None:
 def test_usage(device: Device) -> None:
     result = device.run("frobnicate")
     assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_a_new_initrd_for_the_factory_kernel_goes_on_trial(device: Device) -> None:
+    """update-initramfs on a fresh device (any udev or live-boot upgrade): no write of p3 skips the trial."""
+    (device.root / "boot" / f"initrd.img-{FACTORY}").write_bytes(b"regenerated factory initrd")
+    result = device.run("initramfs-updated", FACTORY)
+    assert result.returncode == 0, result.stderr
+    assert read_iso_file(device.parts / "p3", "/initrd.img") == b"regenerated factory initrd"
+    assert device.grubenv() == {"amberpi_state": "new", "amberpi_version": FACTORY}
+
+
+@pytest.mark.parametrize("second", [NEWER, NEW], ids=["another-version", "same-version"])
+def test_confirm_keeps_only_the_write_that_booted(device: Device, second: str) -> None:
+    """Install A, boot it on trial, install B before the confirm unit runs: B has not booted and stays on trial."""
+    add_kernel(device.root, NEW)
+    assert device.run("install", NEW).returncode == 0
+    booted = device.trial_cmdline()
+    add_kernel(device.root, second)
+    (device.root / "boot" / f"initrd.img-{second}").write_bytes(b"written after the trial boot")
+    assert device.run("install", second).returncode == 0
+    result = device.run("confirm", cmdline=booted)
+    assert result.returncode == 0 and "nothing to confirm" in result.stdout, result
+    assert device.grubenv() == {"amberpi_state": "new", "amberpi_version": second}
+    assert "booted fine" in device.run("confirm", cmdline=device.trial_cmdline()).stdout
+
+
+@pytest.mark.parametrize("state", ["good", "bad", "rolled-back", "writing"])
+def test_confirm_approves_nothing_but_a_kernel_on_trial(device: Device, state: str) -> None:
+    add_kernel(device.root, NEW)
+    assert device.run("install", NEW).returncode == 0
+    booted = device.trial_cmdline()
+    subprocess.run(
+        [*device.shell, "-c", f'. "$AMBERPI_LIB"; env_set amberpi_state={state}'],
+        env={**device.env, "AMBERPI_LIB": str(LIB), "AMBERPI_MEDIUM_DIR": device.env["AMBERPI_MEDIUM_DIR"]},
+        check=True,
+    )
+    assert "nothing to confirm" in device.run("confirm", cmdline=booted).stdout
+    assert device.grubenv()["amberpi_state"] == state
+
+
+def test_writers_wait_for_the_lock_and_give_up_changing_nothing(device: Device) -> None:
+    """apt, a hand-run reinstall and the boot's confirm take turns on grubenv and p3."""
+    add_kernel(device.root, NEW)
+    lock = Path(device.env["AMBERPI_RUN_DIR"]) / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another writer, mid-run
+        before = device.p3_digest(), device.grubenv()
+        device.env["AMBERPI_LOCK_WAIT"] = "1"
+        for command in (["install", NEW], ["rollback"], ["initramfs-updated", FACTORY]):
+            result = device.run(*command)
+            assert result.returncode == 1 and "another amberpi tool has held" in result.stderr, (command, result)
+        assert (device.p3_digest(), device.grubenv()) == before
+    assert device.run("install", NEW).returncode == 0
+
+
+def test_parallel_installs_leave_grubenv_and_p3_in_step(device: Device) -> None:
+    add_kernel(device.root, NEW)
+    add_kernel(device.root, NEWER)
+    Path(device.env["AMBERPI_CMDLINE_FILE"]).write_text("boot=live amberpi.id=1a2b3c4d amberpi.kernel=current\n")
+    runs = [
+        subprocess.Popen([*device.shell, str(SCRIPT), "install", version], env=device.env, stdout=subprocess.DEVNULL)
+        for version in (NEW, NEWER)
+    ]
+    assert [run.wait(timeout=120) for run in runs] == [0, 0]
+    held = device.grubenv()["amberpi_version"]  # grubenv() also checks the identity names p3's write
+    assert read_iso_file(device.parts / "p3", "/version").decode() == held + "\n"
+
+
+def test_stale_staging_from_a_cut_run_is_cleared(device: Device) -> None:
+    """A power cut during staging left a folder on p4; it must not make every later install refuse."""
+    add_kernel(device.root, NEW)
+    stale = Path(device.env["AMBERPI_WORK_DIR"]) / "amberpi-kernel.Xy12ab"
+    (stale / "stage").mkdir(parents=True)
+    (stale / "kernel.iso").write_bytes(b"half an image")
+    result = device.run("install", NEW)
+    assert result.returncode == 0, result.stderr
+    assert f"removed {stale}" in result.stdout and not stale.exists()

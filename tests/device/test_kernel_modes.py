@@ -109,28 +109,42 @@ def test_installs_when_the_root_persists(device: Device, mode: str) -> None:
     assert device.grubenv()["amberpi_state"] == "new" and device.grubenv()["amberpi_version"] == NEW
 
 
-def test_the_factory_kernel_needs_no_persistence(device: Device) -> None:
-    device.set_state(MODE="readonly", SOURCE="device")
+def test_the_factory_kernel_needs_no_persistent_root(device: Device) -> None:
+    """Its modules are on the system partition: only selected paths persisting is enough. On trial, as every write."""
+    device.set_state(MODE="persistent", SOURCE="config")
     result = device.tool("amberpi-kernel", "install", FACTORY)
     assert result.returncode == 0, result.stderr
-    assert device.grubenv()["amberpi_state"] == "good"
+    assert device.grubenv()["amberpi_state"] == "new"
+
+
+@pytest.mark.parametrize("mode", ["readonly", "toram"])
+def test_a_mode_that_writes_nothing_never_writes_the_factory_kernel(device: Device, mode: str) -> None:
+    """An apt upgrade in readonly mode regenerates the factory initrd: it stays in RAM, the card is not written."""
+    device.set_state(MODE=mode, SOURCE="config")
+    before = unchanged(device)
+    result = device.tool("amberpi-kernel", "install", FACTORY)
+    assert result.returncode == 3
+    assert f"this boot runs in {mode} mode, which writes nothing to the card" in result.stderr
+    assert unchanged(device) == before
 
 
 def test_a_trial_without_its_modules_is_not_confirmed(tmp_path: Path) -> None:
     """A boot in readonly mode does not see the overlay, so the new kernel ran without its modules."""
+    write = "2026-01-02-03-04-05-00"
     for shell in SHELLS:
         (tmp_path / shell[0]).mkdir()
-        device = make_device(tmp_path / shell[0], shell, grubenv={"amberpi_state": "new", "amberpi_version": NEW, "amberpi_tries": "1"})
+        on_trial = {"amberpi_state": "new", "amberpi_version": NEW, "amberpi_tries": "1", "amberpi_krn_uuid": write}
+        device = make_device(tmp_path / shell[0], shell, grubenv=on_trial)
         device.env.update(AMBERPI_LIB=str(LIB), AMBERPI_ROOT=str(tmp_path / shell[0] / "root"))
-        device.set_cmdline("boot=live amberpi.id=1a2b3c4d amberpi.kernel=trial")
+        device.set_cmdline(f"boot=live amberpi.id=1a2b3c4d amberpi.kernel=trial amberpi.krn_uuid={write}")
         device.set_state(MODE="readonly", SOURCE="device")
         result = device.tool("amberpi-kernel", "confirm")
         assert result.returncode == 0
         assert f"kernel {NEW} is not confirmed: this boot (readonly) runs without its modules" in result.stdout
-        assert device.grubenv() == {"amberpi_state": "new", "amberpi_version": NEW, "amberpi_tries": "1"}
+        assert device.grubenv() == on_trial
         add_kernel(tmp_path / shell[0] / "root", NEW)
         assert "booted fine" in device.tool("amberpi-kernel", "confirm").stdout
-        assert device.grubenv() == {"amberpi_state": "good", "amberpi_version": NEW}
+        assert device.grubenv() == {"amberpi_state": "good", "amberpi_version": NEW, "amberpi_krn_uuid": write}
 
 
 def test_status_names_the_unused_partition_as_the_reason_modules_are_missing(tmp_path: Path) -> None:

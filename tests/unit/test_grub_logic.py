@@ -19,7 +19,7 @@ from amberpi.config import Config
 from amberpi.digests import sha256_file
 from amberpi.filesystems.ext4 import make_ext4
 from amberpi.filesystems.fat import make_fat
-from amberpi.filesystems.iso9660 import make_iso
+from amberpi.filesystems.iso9660 import iso_identity, make_iso
 from amberpi.layout import plan_layout
 from amberpi.render import write_rendered
 from amberpi.stages.bootfs import GRUBENV_BYTES, write_grubenv
@@ -53,6 +53,7 @@ class Scenario:
     mode_device: str | None = None  # amberpi-mode set MODE
     mode_once: str | None = None  # amberpi-mode set MODE --once
     markers: tuple[str, ...] = ()  # files put on p1 from another computer
+    krn_uuid: str | None = iso_identity(EPOCH)  # the write grubenv says p3 holds (p3's is this one)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Decision:
     boot_mode: str = ""  # persistent, readonly, toram or toram-persistent
     boot_mode_source: str = ""
     boot_mode_args: str = ""
+    krn_fsuuid: str = ""  # p3's identity as GRUB saw it, passed to the kernel as amberpi.krn_uuid
 
 
 def build_disk(folder: Path, case: Scenario) -> Path:
@@ -82,6 +84,8 @@ def build_disk(folder: Path, case: Scenario) -> Path:
         variables.append(("amberpi_mode_device", case.mode_device))
     if case.mode_once is not None:
         variables.append(("amberpi_mode_once", case.mode_once))
+    if case.krn_uuid is not None:
+        variables.append(("amberpi_krn_uuid", case.krn_uuid))
     write_grubenv(p1 / "grub" / "grubenv", variables)
     make_fat(p1, folder / "p1.img", size_mib=40, label="AMBERPI", volume_id=IMAGE_ID, epoch=EPOCH)
 
@@ -141,7 +145,8 @@ def boot(tmp_path: Path, disk: Path) -> Decision:
     commands = [
         "set prefix=(hd0,msdos1)/grub",
         "source ${prefix}/grub.cfg",
-        'echo "DECISION|${default}|${amberpi_kernel}|${amberpi_why}|${amberpi_mode}|${amberpi_mode_source}|${amberpi_mode_args}|END"',
+        'echo "DECISION|${default}|${amberpi_kernel}|${amberpi_why}|${amberpi_mode}|${amberpi_mode_source}|${amberpi_mode_args}|'
+        '${amberpi_krn_fsuuid}|END"',
         "halt",
     ]
     result = subprocess.run(
@@ -155,8 +160,9 @@ def boot(tmp_path: Path, disk: Path) -> Decision:
     # The emulated terminal wraps at 80 columns, at a space: join the answer back up.
     found = re.search(r"^DECISION\|(.*?)\|END$", screen, re.MULTILINE | re.DOTALL)
     assert found, f"grub-emu printed no decision:\n{screen}\n{result.stderr}"
-    default, kernel, why, mode, source, args = (" ".join(field.split()) for field in found[1].split("|"))
-    return Decision(default, kernel, why, read_grubenv(disk), mode, source, args)
+    default, kernel, why, mode, source, args, fsuuid = (" ".join(field.split()) for field in found[1].split("|"))
+    # A wrap can fall inside the identity too, which has no spaces of its own.
+    return Decision(default, kernel, why, read_grubenv(disk), mode, source, args, fsuuid.replace(" ", ""))
 
 
 def test_confirmed_kernel_boots_from_the_kernel_partition(tmp_path: Path) -> None:
@@ -226,6 +232,34 @@ def test_foreign_kernel_partition_is_not_used(tmp_path: Path) -> None:
     decision = decide(tmp_path, Scenario(state="good", kernel_label="AMBERPI_KRN_99999999"))
     assert decision.default == "factory"
     assert decision.why == "the kernel partition is not this image's (label 'AMBERPI_KRN_99999999')"
+
+
+def test_the_kernel_partitions_identity_is_what_the_kernel_is_told(tmp_path: Path) -> None:
+    decision = decide(tmp_path, Scenario(state="new"))
+    assert decision.krn_fsuuid == iso_identity(EPOCH) == decision.grubenv["amberpi_krn_uuid"]
+
+
+@pytest.mark.parametrize("state", ["good", "new", "bad"])
+def test_a_partition_holding_another_write_is_not_booted(tmp_path: Path, state: str) -> None:
+    """Two writers raced (or a copy was restored): p3 is not what grubenv describes, nor is its fallback."""
+    decision = decide(tmp_path, Scenario(state=state, previous=OLD, krn_uuid="2031-01-01-00-00-00-00"))
+    assert (decision.default, decision.mode) == ("factory", "factory")
+    held, named = iso_identity(EPOCH), "2031-01-01-00-00-00-00"
+    assert decision.why == f"the kernel partition holds write '{held}', not '{named}' that GRUB's environment describes"
+    assert "amberpi_tries" not in decision.grubenv
+
+
+def test_a_try_count_that_does_not_stick_gives_no_trial(tmp_path: Path) -> None:
+    """A firmware that cannot write p1: without the read-back a panicking kernel would be tried forever."""
+    disk = build_disk(tmp_path, Scenario(state="new", previous=OLD))
+    subprocess.run(["chattr", "+i", str(disk)], check=True)  # reads work, writes fail, even for root
+    try:
+        decision = boot(tmp_path, disk)
+    finally:
+        subprocess.run(["chattr", "-i", str(disk)], check=True)
+    assert (decision.default, decision.mode) == ("previous", "previous")
+    assert decision.why == f"GRUB cannot write its environment block (the try count did not stick), so kernel {NEW} is not tried"
+    assert "amberpi_tries" not in decision.grubenv
 
 
 def test_a_good_kernel_ignores_the_fallback(tmp_path: Path) -> None:

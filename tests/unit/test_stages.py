@@ -23,7 +23,7 @@ from amberpi.config import ConfigTxtSection
 from amberpi.context import RunRecord, StageRecord
 from amberpi.errors import StageError, ToolError
 from amberpi.filesystems.fat import list_fat, read_fat_file
-from amberpi.filesystems.iso9660 import list_iso, read_iso_file, volume_id
+from amberpi.filesystems.iso9660 import iso_identity, list_iso, read_iso_file, volume_id
 from amberpi.identity import ImageIdentity
 from amberpi.manifest import QUERY_FORMAT
 from amberpi.stages.base import Artefact, FileInput
@@ -724,7 +724,9 @@ def test_bootfs_writes_grub_its_menu_and_an_environment_block_in_place(tmp_path:
     assert [n for n in range(1, 6) if f'"${{amberpi_tries}}" = "{n}"' in menu] == [1, 2, 3], "tries 2, 3, 4 follow try 1"
     grubenv = read_fat_file(image, "/grub/grubenv")
     assert len(grubenv) == 1024
-    assert grubenv.startswith(f"# GRUB Environment Block\namberpi_state=good\namberpi_version={KERNEL}\n#".encode())
+    identity = iso_identity(EPOCH)  # p3 is written with the same epoch: grubenv names the write it holds
+    expected = f"# GRUB Environment Block\namberpi_state=good\namberpi_version={KERNEL}\namberpi_krn_uuid={identity}\n#"
+    assert grubenv.startswith(expected.encode())
     offset = artefact.facts["grubenv_offset"]
     assert offset % 512 == 0
     assert image.read_bytes()[offset : offset + 1024] == grubenv, "the device rewrites it at this offset"

@@ -187,8 +187,25 @@ env_get() {
 	env_read | sed -n "s/^$1=//p" | head -n 1
 }
 
+take_lock() {
+	# Serialises every writer of grubenv and the kernel partition (amberpi-kernel
+	# run by apt, by hand and at boot, amberpi-mode): a read-modify-write of the
+	# block must not interleave with another. Held on fd 9 until the process
+	# exits; taking it twice in one process is a no-op. Waits up to
+	# AMBERPI_LOCK_WAIT seconds (a kernel write takes a minute or two).
+	[ -z "${_amberpi_locked:-}" ] || return 0
+	mkdir -p "$RUN_DIR"
+	exec 9>>"$RUN_DIR/lock"
+	if command -v flock >/dev/null 2>&1; then
+		flock -w "${AMBERPI_LOCK_WAIT:-600}" 9 \
+			|| fail "another amberpi tool has held $RUN_DIR/lock for ${AMBERPI_LOCK_WAIT:-600}s; nothing was changed"
+	fi
+	_amberpi_locked=1
+}
+
 env_set() {
 	# env_set NAME=VALUE...: an empty VALUE removes NAME.
+	take_lock
 	_current=$(env_read)
 	case "$_current" in "$ENV_HEADER"*) ;; *) _current="$ENV_HEADER" ;; esac
 	_block=$(printf '%s\n' "$_current" | sed -n '/^[A-Za-z_][A-Za-z0-9_]*=/p')
