@@ -186,6 +186,9 @@ DTB = Pattern(r"[A-Za-z0-9_./-]+\.dtb", "a device tree path", "e.g. broadcom/bcm
 
 MODES = ("persistent", "readonly", "toram", "toram-persistent")
 ABSOLUTE_PATH = Pattern(r"/[A-Za-z0-9._@+-]+(/[A-Za-z0-9._@+-]+)*", "an absolute path", "e.g. /home or /var/lib/myapp")
+SYSTEMD_UNIT = Pattern(
+    r"[A-Za-z0-9@_.:-]+\.(service|target|socket|mount|path|timer|device|swap)", "a systemd unit name", "e.g. ssh.service"
+)
 GPIO_SPEC = Pattern(r"auto|off|gpiochip[0-9]+:[0-9]+", "a GPIO line", "gpiochipN:LINE (e.g. gpiochip0:17), `off`, or `auto`")
 ZRAM_ALGORITHMS = ("zstd", "lz4", "lzo-rle", "lzo")
 LEVELS = ("low", "high")
@@ -260,6 +263,15 @@ class Config:
     includes_dirs: list[str] = setting([], "extra folders copied over the rootfs, after includes/", relative_folders=True)
     kernel_cmdline: str = setting("", "extra kernel command-line arguments", pattern=CMDLINE)
     kernel_tries: int = setting(2, "boots a newly installed kernel gets to confirm a good boot before GRUB falls back", low=1, high=9)
+    kernel_confirm_units: list[str] = setting(
+        ["network-online.target", "ssh.service"],
+        "units a kernel on trial must bring up to be kept (a kernel without its network driver must not be)",
+        item_pattern=SYSTEMD_UNIT,
+    )
+    kernel_confirm_seconds: int = setting(
+        300, "seconds after multi-user.target a kernel on trial has to bring them up, or the device reboots to try again", low=10, high=3600
+    )
+    kernel_confirm_degraded: bool = setting(False, "keep a kernel on trial even when some unit failed (systemd's 'degraded')")
     squashfs_compression: str = setting("zstd", "squashfs compressor", choices=COMPRESSIONS)
     boot_size_mib: int = setting(128, "size of p1, the FAT boot partition (MiB)", low=64, high=4096)
     kernel_size_mib: int = setting(256, "size of p3, the kernel partition (MiB)", low=128, high=4096)

@@ -51,6 +51,8 @@ CUSTOMIZE_TEMPLATES = (
     "zram-generator.conf.j2",
     "journald.conf.j2",
     "watchdog.conf.j2",
+    "boot-confirm.conf.j2",
+    "kernel-confirm.conf.j2",
     "debian.sources.j2",
 )
 # The image's apt sources (the packages stage wrote the build's there; hooks fetch through them).
@@ -188,8 +190,18 @@ class SystemProfile:
 
 
 @dataclass(frozen=True)
+class KernelConfirm:
+    """What a kernel on trial must show before amberpi-boot-confirm keeps it."""
+
+    units: tuple[str, ...]
+    seconds: int
+    degraded_ok: bool
+
+
+@dataclass(frozen=True)
 class CustomizeInputs:
     system: SystemProfile
+    kernel_confirm: KernelConfirm
     suite: str
     hostname: str
     ssh_authorized_keys: tuple[str, ...]
@@ -224,6 +236,7 @@ class CustomizeStage(Stage[CustomizeInputs]):
             system=SystemProfile(
                 tuple(r.persistent_paths), tuple(r.ram_paths), r.journal_max_mib, r.zram_percent, r.zram_algorithm, r.watchdog_seconds
             ),
+            kernel_confirm=KernelConfirm(tuple(c.kernel_confirm_units), c.kernel_confirm_seconds, c.kernel_confirm_degraded),
             suite=c.suite,
             hostname=c.hostname,
             ssh_authorized_keys=tuple(c.ssh_authorized_keys),
@@ -304,6 +317,20 @@ class CustomizeStage(Stage[CustomizeInputs]):
         write_rendered(resolve_inside(tree, "etc/systemd/journald.conf.d/amberpi.conf"), "journald.conf.j2", max_mib=system.journal_max_mib)
         write_rendered(
             resolve_inside(tree, "etc/systemd/system.conf.d/amberpi-watchdog.conf"), "watchdog.conf.j2", seconds=system.watchdog_seconds
+        )
+        confirm = inputs.kernel_confirm
+        write_rendered(
+            resolve_inside(tree, "etc/systemd/system/amberpi-boot-confirm.service.d/amberpi.conf"),
+            "boot-confirm.conf.j2",
+            units=confirm.units,
+            seconds=confirm.seconds,
+        )
+        write_rendered(
+            resolve_inside(tree, "etc/amberpi/kernel-confirm.conf"),
+            "kernel-confirm.conf.j2",
+            units=confirm.units,
+            seconds=confirm.seconds,
+            degraded_ok=confirm.degraded_ok,
         )
         for link, target in PROFILE_LINKS:
             path = resolve_inside(tree, link)

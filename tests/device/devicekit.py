@@ -133,6 +133,35 @@ class Device:
         return (self.parts / "p1").read_bytes()
 
 
+FAKE_SYSTEMCTL = """#!/bin/sh
+# systemctl as amberpi-kernel confirm uses it: a unit is in the state its file in
+# $AMBERPI_FAKE_UNITS holds (active when there is none), `failed` lists the units
+# whose state is failed, and reboot is recorded.
+units="${AMBERPI_FAKE_UNITS:?}"
+case "$1" in
+	is-active)
+		[ "$2" = --quiet ] && { quiet=1; shift; }
+		state=$(cat "$units/$2" 2>/dev/null || echo active)
+		[ -n "${quiet:-}" ] || echo "$state"
+		[ "$state" = active ]
+		;;
+	list-units) grep -lx failed "$units"/* 2>/dev/null | sed 's|.*/||; s|$| loaded failed failed a unit|' ;;
+	reboot) echo reboot >> "$units/.calls" ;;
+	*) echo "fake systemctl: $*" >&2; exit 1 ;;
+esac
+"""
+
+
+def fake_systemctl(folder: Path, units: Path) -> dict[str, str]:
+    """A fake systemctl in `folder`; unit states are files in `units`. Returns the environment it needs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    units.mkdir(parents=True, exist_ok=True)
+    tool = folder / "systemctl"
+    tool.write_text(FAKE_SYSTEMCTL)
+    tool.chmod(0o755)
+    return {"AMBERPI_FAKE_UNITS": str(units)}
+
+
 def make_device(tmp: Path, shell: list[str], grubenv: dict[str, str] | None = None) -> Device:
     require(shell[0], "mkfs.vfat", "mcopy", "grub-editenv")
     device = Device(tmp, shell)
@@ -168,6 +197,8 @@ def make_device(tmp: Path, shell: list[str], grubenv: dict[str, str] | None = No
         "AMBERPI_DEV_DIR": str(tmp / "dev"),
         "AMBERPI_SYS_DIR": str(tmp / "sys"),
         "TMPDIR": str(tmp),
+        "AMBERPI_CONFIRM_CONF": str(tmp / "kernel-confirm.conf"),
+        **fake_systemctl(device.fakebin, tmp / "units"),
     }
     device.set_cmdline(CMDLINE)
     device.set_mounts("sysfs /sys sysfs rw 0 0")

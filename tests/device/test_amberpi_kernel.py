@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from amberpi.filesystems.iso9660 import list_iso, read_iso_file, volume_id
 from amberpi.render import write_rendered
 from amberpi.stages.bootfs import find_grubenv, write_grubenv
 from tests.conftest import EPOCH, REPO
+from tests.device.devicekit import fake_systemctl
 
 SCRIPT = REPO / "amberpi/device/rootfs/usr/sbin/amberpi-kernel"
 LIB = REPO / "amberpi/device/rootfs/usr/lib/amberpi/lib.sh"
@@ -120,7 +122,10 @@ def device(request: pytest.FixtureRequest, tmp_path: Path) -> Device:
         "AMBERPI_WORK_DIR": str(tmp_path / "work"),
         "AMBERPI_CMDLINE_FILE": str(tmp_path / "cmdline"),
         "AMBERPI_ASSUME_PERSISTENCE": "1",
+        "AMBERPI_CONFIRM_CONF": str(tmp_path / "kernel-confirm.conf"),
+        **fake_systemctl(tmp_path / "fakebin", tmp_path / "units"),
     }
+    env["PATH"] = f"{tmp_path / 'fakebin'}:{env['PATH']}"
     return Device(root, parts, env, shell)
 
 
@@ -184,7 +189,7 @@ def test_refuses_when_the_initrd_is_missing(device: Device) -> None:
 def test_interrupted_write_leaves_state_writing(device: Device, tmp_path: Path) -> None:
     """A power cut mid-write: GRUB sees 'writing' and boots the factory kernel."""
     add_kernel(device.root, NEW)
-    fake_bin = tmp_path / "fakebin"
+    fake_bin = tmp_path / "fake-dd"
     fake_bin.mkdir()
     real_dd = shutil.which("dd")
     fake_dd = fake_bin / "dd"
@@ -445,3 +450,45 @@ def test_stale_staging_from_a_cut_run_is_cleared(device: Device) -> None:
     result = device.run("install", NEW)
     assert result.returncode == 0, result.stderr
     assert f"removed {stale}" in result.stdout and not stale.exists()
+
+
+def test_a_kernel_that_does_not_bring_up_the_named_units_is_not_kept(device: Device, tmp_path: Path) -> None:
+    """Multi-user is not enough: without its network driver a headless device would be out of reach for good."""
+    add_kernel(device.root, NEW)
+    assert device.run("install", NEW).returncode == 0
+    Path(device.env["AMBERPI_CONFIRM_CONF"]).write_text('units="network-online.target ssh.service"\nseconds=2\ndegraded_ok=no\n')
+    units = Path(device.env["AMBERPI_FAKE_UNITS"])
+    (units / "ssh.service").write_text("activating")
+    (units / "systemd-networkd-wait-online.service").write_text("failed")
+    result = device.run("confirm", cmdline=device.trial_cmdline())
+    assert result.returncode == 0
+    assert f"kernel {NEW} is not confirmed: ssh.service is activating, failed units: systemd-networkd-wait-online.service" in result.stdout
+    assert "Rebooting: GRUB counts this try" in result.stdout
+    assert (units / ".calls").read_text() == "reboot\n"
+    assert device.grubenv()["amberpi_state"] == "new"
+    # degraded_ok keeps a kernel despite a failed unit, once the named units are up.
+    (units / "ssh.service").write_text("active")
+    Path(device.env["AMBERPI_CONFIRM_CONF"]).write_text('units="ssh.service"\nseconds=2\ndegraded_ok=yes\n')
+    assert "booted fine" in device.run("confirm", cmdline=device.trial_cmdline()).stdout
+    assert device.grubenv()["amberpi_state"] == "good"
+
+
+def test_confirm_waits_for_units_still_starting(device: Device) -> None:
+    add_kernel(device.root, NEW)
+    assert device.run("install", NEW).returncode == 0
+    Path(device.env["AMBERPI_CONFIRM_CONF"]).write_text('units="ssh.service"\nseconds=30\n')
+    units = Path(device.env["AMBERPI_FAKE_UNITS"])
+    (units / "ssh.service").write_text("activating")
+    Path(device.env["AMBERPI_CMDLINE_FILE"]).write_text(device.trial_cmdline() + "\n")
+    confirm = subprocess.Popen(
+        [*device.shell, str(SCRIPT), "confirm"],
+        env={**device.env, "AMBERPI_CONFIRM_POLL": "1"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    assert confirm.poll() is None, "still waiting for ssh.service"
+    (units / "ssh.service").write_text("active")
+    output, _ = confirm.communicate(timeout=60)
+    assert confirm.returncode == 0 and "booted fine" in output, output
+    assert device.grubenv()["amberpi_state"] == "good"

@@ -155,6 +155,10 @@ def test_board_file_problems_come_with_the_config_problems(tmp_path: Path, monke
         ("kernel_tries: 0\n", "kernel_tries: 0 is out of range"),
         ('root_password_hash: "$6$salt:with:colons"\n', "root_password_hash: not a crypt(3) hash"),
         ("output: ''\n", "output: must not be empty"),
+        # Pasted into a systemd unit file: a newline or a space would add directives or units.
+        ('kernel_confirm_units: ["ssh.service\\nExecStart=/bin/sh"]\n', "is not a systemd unit name"),
+        ("kernel_confirm_units: [ssh]\n", "is not a systemd unit name"),
+        ("kernel_confirm_seconds: 0\n", "kernel_confirm_seconds: 0 is out of range"),
     ],
 )
 def test_values_that_would_break_what_they_are_pasted_into(tmp_path: Path, text: str, message: str) -> None:

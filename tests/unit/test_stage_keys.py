@@ -61,6 +61,9 @@ BASE = Config(board="qemu", mirror="http://m/debian", security_mirror="http://s/
         ({"squashfs_compression": "xz"}, {"squash", "bootfs", "iso", "disk", "release"}),
         ({"kernel_tries": 3}, {"bootfs", "iso", "disk", "release"}),
         ({"kernel_cmdline": "quiet"}, {"bootfs", "iso", "disk", "release"}),
+        # What a kernel on trial must show is written into the rootfs (/etc/amberpi/kernel-confirm.conf).
+        ({"kernel_confirm_units": ["ssh.service"]}, after("customize") - NOT_FROM_ROOTFS),
+        ({"kernel_confirm_degraded": True}, after("customize") - NOT_FROM_ROOTFS),
         ({"board": "pi3"}, {"firmware", "bootfs", "iso", "disk", "release"}),
         ({"persistence_size_mib": 2048}, {"persistence", "disk", "release"}),
         ({"compress": "xz"}, {"release"}),

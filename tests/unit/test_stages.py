@@ -30,7 +30,7 @@ from amberpi.stages.base import Artefact, FileInput
 from amberpi.stages.bootfiles import BootfilesInputs, BootfilesStage
 from amberpi.stages.bootfs import BootfsInputs, BootfsStage
 from amberpi.stages.bootstrap import BootstrapInputs, BootstrapStage
-from amberpi.stages.customize import GRUB_MODULES, CustomizeInputs, CustomizeStage, kernel_version
+from amberpi.stages.customize import GRUB_MODULES, CustomizeInputs, CustomizeStage, KernelConfirm, kernel_version
 from amberpi.stages.disk import DiskInputs, DiskStage
 from amberpi.stages.epoch import EpochInputs, EpochStage
 from amberpi.stages.firmware import FirmwareInputs, FirmwareStage
@@ -373,6 +373,7 @@ def customize_inputs(
 ) -> CustomizeInputs:
     return CustomizeInputs(
         system=system_profile(),
+        kernel_confirm=KernelConfirm(("network-online.target", "ssh.service"), 300, degraded_ok=False),
         suite="trixie",
         hostname="amberpi-test",
         ssh_authorized_keys=("ssh-ed25519 AAAAC3Nza test@example",),
@@ -973,3 +974,15 @@ def test_release_without_compression_calls_no_xz_and_withdraws_old_downloads(fak
         "amberpi-test.report.json",
     ]
     assert artefact.facts["withdraw"] == ["amberpi-test.img.xz", "amberpi-test.img.xz.sha256", "amberpi-test.rpi-imager.json"]
+
+
+def test_customize_writes_what_a_kernel_on_trial_must_show(tmp_path: Path) -> None:
+    """The confirm unit waits for the named units (systemd drop-in); amberpi-kernel reads the same list."""
+    tree = tmp_path / "tree"
+    CustomizeStage().write_system_files(customize_inputs(tmp_path, ()), tree)
+    drop_in = (tree / "etc/systemd/system/amberpi-boot-confirm.service.d/amberpi.conf").read_text()
+    for unit in ("network-online.target", "ssh.service"):
+        assert f"Wants={unit}\nAfter={unit}\n" in drop_in
+    assert "TimeoutStartSec=420\n" in drop_in
+    conf = (tree / "etc/amberpi/kernel-confirm.conf").read_text()
+    assert 'units="network-online.target ssh.service"\nseconds=300\ndegraded_ok=no\n' in conf
