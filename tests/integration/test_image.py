@@ -127,6 +127,13 @@ def test_rootfs_has_no_baked_secrets(parts: dict[str, Path], qemu_image: BuiltIm
     assert "usr/sbin/policy-rc.d" not in listing
 
 
+def test_the_factory_kernel_package_is_held(parts: dict[str, Path], qemu_image: BuiltImage) -> None:
+    """Its modules are the last-resort kernel's: no autoremove or same-name upgrade on the device may take them."""
+    status = squashfs_cat(parts["squashfs"], "var/lib/dpkg/status").decode()
+    entry = next(block for block in status.split("\n\n") if f"Package: linux-image-{qemu_image.report['kernel_version']}\n" in block)
+    assert "Status: hold ok installed" in entry
+
+
 def test_apt_sources_point_at_the_mirror(parts: dict[str, Path], qemu_image: BuiltImage) -> None:
     sources = squashfs_cat(parts["squashfs"], "etc/apt/sources.list.d/debian.sources").decode()
     assert f"URIs: {qemu_image.report['mirror']}\n" in sources
