@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.conftest import TEST_PASSWORD, write_test_config  # noqa: E402
-from tests.vm import VM, VMError  # noqa: E402
+from tests.vm import VM, VMError, grub_append_to_cmdline  # noqa: E402
 
 # Console lines that end each phase, in boot order. A phase whose line never shows
 # (quiet kernels, another bootloader) is merged into the next one.
@@ -75,15 +75,23 @@ def sparse_copy(image: Path, target: Path) -> Path:
     return target
 
 
-def boot_once(number: int, disk: Path, password: str, logs: Path, timeout: float) -> Boot:
+def boot_once(number: int, disk: Path, args: argparse.Namespace, logs: Path) -> Boot:
     record = Boot(number)
-    vm = VM(disk, console_log=logs / f"boot-{number}.log")
+    vm = VM(disk, console_log=logs / f"boot-{number}.log", extra_args=["-device", "virtio-rng-pci"] if args.rng else [])
     started = time.monotonic()
     last = started
+    timeout: float = args.timeout
     patterns = [pattern for _, _, pattern in PHASES]
     try:
         vm.start()
         remaining = list(range(len(PHASES)))
+        if args.cmdline:
+            # Typed into GRUB's editor: the grub phase includes the typing (a few seconds).
+            grub_append_to_cmdline(vm, args.cmdline, timeout)
+            now = time.monotonic()
+            record.phases["firmware"] = round(now - last, 1)
+            last = now
+            remaining = remaining[1:]
         while remaining:
             index = vm.expect([patterns[i] for i in remaining], timeout=timeout - (time.monotonic() - started))
             phase = remaining[index]
@@ -92,7 +100,7 @@ def boot_once(number: int, disk: Path, password: str, logs: Path, timeout: float
             last = now
             remaining = [i for i in remaining if i > phase]
         record.seconds_to_login = round(last - started, 1)
-        vm.login("root", password)
+        vm.login("root", args.password)
         record.analyze = vm.check("systemd-analyze time || true")
         record.blame = vm.check("systemd-analyze blame --no-pager | head -n 15 || true")
         record.critical_chain = vm.check("systemd-analyze critical-chain --no-pager || true")
@@ -132,6 +140,8 @@ def main() -> int:
     parser.add_argument("--password", default=TEST_PASSWORD, help="root's password in that image (default: the test image's)")
     parser.add_argument("--boots", type=int, default=3, help="how many boots (default %(default)s)")
     parser.add_argument("--keep-state", action="store_true", help="boot one disk again and again (later boots, not first boots)")
+    parser.add_argument("--cmdline", default="", help="typed at GRUB's menu onto the kernel command line, e.g. systemd.log_level=debug")
+    parser.add_argument("--rng", action="store_true", help="give the VM a virtio-rng device (a Pi has a hardware RNG, QEMU virt none)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a boot may take to reach the login (default %(default)s)")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/amberpi-bench"), help="scratch folder (default %(default)s)")
     args = parser.parse_args()
@@ -148,7 +158,7 @@ def main() -> int:
     for number in range(1, args.boots + 1):
         if number > 1 and not args.keep_state:
             disk = sparse_copy(image, work / "boot-disk.img")
-        boot = boot_once(number, disk, args.password, logs, args.timeout)
+        boot = boot_once(number, disk, args, logs)
         say(f"boot {number}: {boot.seconds_to_login}s to login {boot.note}")
         boots.append(boot)
     disk.unlink(missing_ok=True)
