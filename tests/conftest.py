@@ -42,9 +42,9 @@ class BuiltImage:
 def write_test_config(folder: Path, **extra: object) -> Path:
     import yaml
 
-    # p4 as a grown SD card would have it: room for a second kernel's modules and
-    # for staging a kernel partition that keeps a fallback (about 140 MiB).
-    data = {"root_password_hash": TEST_PASSWORD_HASH, "persistence_size_mib": 2048, **extra}
+    # p4 at the image's default size: the kernel update tests prove a backports kernel
+    # fits it (staging happens in /var/tmp, in RAM by default).
+    data = {"root_password_hash": TEST_PASSWORD_HASH, **extra}
     path = folder / "amberpi-test.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -131,6 +131,8 @@ def test_1_apt_install_newer_kernel_boots_it(device: Device, kernel_repo: tuple[
     device.note(f"on-device update step (amberpi-kernel, after apt unpacked the kernel): {' + '.join(steps) or '?'} s", measured=True)
     status = vm.check("amberpi-kernel status")
     assert f"kernel partition:  {version} (state: new" in status
+    # The overlay's upper layer is p4 (the image's default 1 GiB): df / reports it.
+    device.note(f"p4 after installing kernel {version}: {vm.check('df -P -m / | tail -n 1')}", measured=True)
     device.power_off()
     device.boot()
     assert device.kernel() == (version, "trial")
