@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from amberpi.config import Config, load_board, load_config, summary_lines
+from amberpi.config import Config, Resilience, load_board, load_config, summary_lines
 from amberpi.errors import ConfigError
 
 
@@ -382,3 +383,30 @@ def test_every_command_line_setting_with_a_wrong_value_gives_a_located_problem(n
     args = parse_args(["summary", f"--{name.replace('_', '-')}", cli_wrong_value(name, SETTING_FIELDS[name])])
     problems = problems_of(**setting_overrides(args))
     assert len(problems) == 1 and problems[0].startswith(f"command line: {name}: "), problems
+
+
+# A value of the wrong type for every setting, top level and nested: each is refused with a
+# message naming the key (exit 2), never a crash. A YAML scalar given to a text setting is
+# that text (`output: 5` is the folder "5"), by design: YAML's number forms are not guessed at.
+WRONG_VALUES: dict[object, list[object]] = {
+    int: ["abc", [1], {"a": 1}, 1.5, True],
+    str: [[1], {"a": 1}],
+    bool: ["maybe", 3, [True]],
+    list[str]: [5, "x", {"a": 1}, [1], [None], [["nested"]]],
+}
+
+
+def wrong_typed_settings() -> list[tuple[str, object]]:
+    cases = []
+    for section, cls in (("", Config), ("resilience.", Resilience)):
+        for name, hint in typing.get_type_hints(cls).items():
+            cases += [(section + name, value) for value in WRONG_VALUES.get(hint, [])]
+    return cases
+
+
+@pytest.mark.parametrize(("key", "value"), wrong_typed_settings(), ids=lambda v: repr(v) if not isinstance(v, str) else v)
+def test_every_setting_refuses_a_value_of_the_wrong_type(tmp_path: Path, key: str, value: object) -> None:
+    section, _, name = key.rpartition(".")
+    data = {section: {name: value}} if section else {name: value}
+    problems = problems_of(write(tmp_path, yaml.safe_dump(data)))
+    assert any(f"{name}:" in problem or f"{name}[" in problem for problem in problems), problems
