@@ -43,6 +43,12 @@ def test_boot_login_overlay_persistence(qemu_image: BuiltImage, tmp_path: Path) 
             assert vm.check(f"losetup -n -O BACK-FILE {loop}") == "/run/live/medium/live/filesystem.squashfs"
             assert vm.check("ls /etc/ssh/ssh_host_ed25519_key") == "/etc/ssh/ssh_host_ed25519_key"
             assert vm.check("passwd -S root").split()[1] == "P"
+            # Security: p1 and p3 are not mounted at all, p2 only read-only; sshd refuses root's password.
+            mounted = vm.check("findmnt -rn -o SOURCE,OPTIONS | grep '^/dev/vda[123] ' || true").splitlines()
+            assert [line.split()[0] for line in mounted] == ["/dev/vda2"], mounted
+            assert mounted[0].split()[1].split(",")[0] == "ro", mounted
+            sshd = vm.check("sshd -T -C user=root,host=client,addr=10.0.2.2 | grep -Ei '^(permitrootlogin|permitemptypasswords) '")
+            assert sorted(sshd.splitlines()) == ["permitemptypasswords no", "permitrootlogin without-password"], sshd
 
             vm.check(f"echo {token} > /root/persisted && sync")
             vm.send("systemctl reboot")

@@ -127,6 +127,15 @@ def test_rootfs_has_no_baked_secrets(parts: dict[str, Path], qemu_image: BuiltIm
     assert "usr/sbin/policy-rc.d" not in listing
 
 
+def test_no_account_opens_without_a_secret(parts: dict[str, Path]) -> None:
+    """Security: every account's password is locked or a hash (root's is the test's); none is empty."""
+    for line in squashfs_cat(parts["squashfs"], "etc/shadow").decode().splitlines():
+        name, password = line.split(":")[:2]
+        assert password, f"{name} has an empty password"
+        assert password.startswith(("!", "*")) or (name == "root" and password == TEST_PASSWORD_HASH), f"{name}: {password[:3]}..."
+    assert "var/lib/systemd/random-seed" not in squashfs_list(parts["squashfs"]), "each device seeds its own"
+
+
 def test_the_factory_kernel_package_is_held(parts: dict[str, Path], qemu_image: BuiltImage) -> None:
     """Its modules are the last-resort kernel's: no autoremove or same-name upgrade on the device may take them."""
     status = squashfs_cat(parts["squashfs"], "var/lib/dpkg/status").decode()
