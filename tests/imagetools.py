@@ -64,3 +64,14 @@ def sha256_range(path: Path, offset: int, length: int) -> str:
             digest.update(chunk)
             remaining -= len(chunk)
     return digest.hexdigest()
+
+
+ISO_VOLUME_DATE = 16 * 2048 + 830  # the primary volume descriptor's modification date
+
+
+def iso_identity(iso: Path) -> str:
+    """An ISO's identity as GRUB's `probe --fs-uuid` shows it: its volume date, YYYY-MM-DD-hh-mm-ss-cc."""
+    with iso.open("rb") as handle:
+        handle.seek(ISO_VOLUME_DATE)
+        digits = handle.read(16).decode(errors="replace")
+    return "-".join([digits[0:4], *(digits[i : i + 2] for i in range(4, 16, 2))])

@@ -25,6 +25,7 @@ from amberpi.render import write_rendered
 from amberpi.stages.bootfs import find_grubenv, write_grubenv
 from tests.conftest import EPOCH, REPO
 from tests.device.devicekit import fake_systemctl
+from tests.imagetools import iso_identity
 
 SCRIPT = REPO / "amberpi/device/rootfs/usr/sbin/amberpi-kernel"
 LIB = REPO / "amberpi/device/rootfs/usr/lib/amberpi/lib.sh"
@@ -33,7 +34,6 @@ FACTORY = "6.12.1+deb13-arm64"
 NEW = "6.16.3+bpo-arm64"
 NEWER = "6.17.1+bpo-arm64"
 KERNEL_LABEL = "AMBERPI_KRN_1A2B3C4D"
-ISO_VOLUME_DATE = 16 * 2048 + 830  # the primary volume descriptor's modification date
 DTB = "broadcom/bcm2837-rpi-3-b.dtb"
 
 
@@ -61,9 +61,8 @@ class Device:
         return variables
 
     def identity(self) -> str:
-        """The write p3 holds, as GRUB's `probe --fs-uuid` shows it: the ISO's volume modification date."""
-        digits = (self.parts / "p3").read_bytes()[ISO_VOLUME_DATE : ISO_VOLUME_DATE + 16].decode(errors="replace")
-        return "-".join([digits[0:4], *(digits[i : i + 2] for i in range(4, 16, 2))])
+        """The write p3 holds, as GRUB's `probe --fs-uuid` shows it."""
+        return iso_identity(self.parts / "p3")
 
     def trial_cmdline(self) -> str:
         """What GRUB passes to a kernel it boots on trial from p3."""
