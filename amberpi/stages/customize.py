@@ -60,10 +60,11 @@ APT_SOURCES = "etc/apt/sources.list.d/debian.sources"
 # Folders of ram_paths that everybody may write to.
 STICKY_PATHS = ("/tmp", "/var/tmp")
 # The device tools read the resilience profile here; the build writes it on the
-# system partition (it names the board's GPIO lines, and the rootfs is every board's).
+# system partition (it names the board's GPIO lines, and the rootfs is every board's),
+# and the initramfs copies it to /run/amberpi/disk (in toram the medium in RAM has no .disk/).
 PROFILE_LINKS = (
-    ("etc/amberpi/resilience.conf", "/run/live/medium/.disk/resilience.conf"),
-    ("etc/amberpi/persistence.conf", "/run/live/medium/.disk/persistence.conf"),
+    ("etc/amberpi/resilience.conf", "/run/amberpi/disk/resilience.conf"),
+    ("etc/amberpi/persistence.conf", "/run/amberpi/disk/persistence.conf"),
 )
 HOOKS_IN_CHROOT = "tmp/amberpi-hooks"
 GRUB_OUT_IN_CHROOT = "tmp/amberpi-grub"
@@ -222,7 +223,7 @@ class CustomizeInputs:
 
 class CustomizeStage(Stage[CustomizeInputs]):
     name = "customize"
-    version = 4
+    version = 5
     needs = ("packages",)
     uses_facts = ("epoch",)
     tools = ("chroot", "dpkg-query", *EMULATION_TOOLS)

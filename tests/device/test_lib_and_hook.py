@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -122,6 +123,20 @@ def test_command_line_and_state_files(shell: list[str], tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["readonly", "toram", "2", "1=2", 'it\'s "damaged"', "fallback", "a b", "dflt"]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_image_settings_come_from_the_initramfs_copy_first(shell: list[str], tmp_path: Path) -> None:
+    """In toram the medium in RAM has no .disk/: the copy the initramfs kept in /run/amberpi/disk is read."""
+    medium, run = tmp_path / "medium", tmp_path / "run"
+    (medium / ".disk").mkdir(parents=True)
+    (medium / ".disk" / "amberpi.conf").write_text("factory_version=on-the-medium\n")
+    env = {"AMBERPI_MEDIUM_DIR": str(medium), "AMBERPI_RUN_DIR": str(run)}
+    assert lib(shell, env, "image_conf factory_version").stdout.strip() == "on-the-medium"
+    (run / "disk").mkdir(parents=True)
+    (run / "disk" / "amberpi.conf").write_text("factory_version=kept-at-boot\n")
+    shutil.rmtree(medium / ".disk")
+    assert lib(shell, env, "image_conf factory_version").stdout.strip() == "kept-at-boot"
 
 
 # --- the initramfs hook -----------------------------------------------------------

@@ -117,6 +117,8 @@ def device(request: pytest.FixtureRequest, tmp_path: Path) -> Device:
     (contents / "persistence.conf").write_text("/ union\n")
     device.env.update(
         AMBERPI_P4_DIR=str(contents),
+        # The system partition, as mounted: make_device's medium holds its .disk/amberpi.conf.
+        AMBERPI_SYSTEM_DIR=device.env["AMBERPI_MEDIUM_DIR"],
         FAKE_BLOCKDEV_LOG=str(tmp_path / "blockdev.log"),
         AMBERPI_LIB=str(LIB),
         AMBERPI_PARAM_CONF=str(tmp_path / "param.conf"),
@@ -655,3 +657,20 @@ def test_the_factory_kernel_on_the_kernel_partition_is_not_warned_about(device: 
     assert b.state["P4_VIEW"] == "none" and "without its modules" not in b.console
     b = boot(device, f"{CMDLINE} amberpi.factory=0.0.0-other toram amberpi.mode=toram amberpi.mode_source=device")
     assert "runs without its modules in toram mode" in b.console
+
+
+def test_the_images_settings_are_kept_for_the_device_tools(device: Device) -> None:
+    """In toram, live-boot's copy of the medium in RAM holds only live/: .disk/*.conf is copied first."""
+    medium = Path(device.env["AMBERPI_MEDIUM_DIR"]) / ".disk"
+    (medium / "resilience.conf").write_text("MODE='readonly'\n")
+    boot(device, CMDLINE + " persistence amberpi.mode=toram")
+    kept = device.run_dir / "disk"
+    assert (kept / "amberpi.conf").read_text() == (medium / "amberpi.conf").read_text()
+    assert (kept / "resilience.conf").read_text() == "MODE='readonly'\n"
+
+
+def test_a_system_partition_that_cannot_be_mounted_only_warns(device: Device) -> None:
+    del device.env["AMBERPI_SYSTEM_DIR"]
+    result = boot(device, CMDLINE + " persistence")
+    assert "cannot" in result.console and "the image's settings" in result.console
+    assert result.state["MODE"] == "persistent", "the boot goes on"

@@ -16,6 +16,9 @@ PROG="${PROG:-amberpi}"
 CMDLINE_FILE="${AMBERPI_CMDLINE_FILE:-/proc/cmdline}"
 RUN_DIR="${AMBERPI_RUN_DIR:-/run/amberpi}"
 MEDIUM_DIR="${AMBERPI_MEDIUM_DIR:-/run/live/medium}"
+# The system partition's .disk/*.conf, copied by the initramfs (live-premount/
+# amberpi-mode) before live-boot: in toram the medium in RAM holds only live/.
+DISK_CONF_DIR="${AMBERPI_DISK_CONF_DIR:-$RUN_DIR/disk}"
 PERSISTENCE_DIR="${AMBERPI_PERSISTENCE_DIR:-/run/live/persistence}"
 PROFILE="${AMBERPI_PROFILE:-/etc/amberpi/resilience.conf}"
 MOUNTS_FILE="${AMBERPI_MOUNTS_FILE:-/proc/mounts}"
@@ -71,8 +74,11 @@ cmdline_count() {
 # --- this image -----------------------------------------------------------------
 
 image_conf() {
-	# A key from the system partition's .disk/amberpi.conf (written at build time).
-	sed -n "s/^$1=//p" "$MEDIUM_DIR/.disk/amberpi.conf" 2>/dev/null | head -n 1
+	# A key from the system partition's .disk/amberpi.conf (written at build
+	# time): the initramfs's copy, else the mounted medium's.
+	_conf="$DISK_CONF_DIR/amberpi.conf"
+	[ -f "$_conf" ] || _conf="$MEDIUM_DIR/.disk/amberpi.conf"
+	sed -n "s/^$1=//p" "$_conf" 2>/dev/null | head -n 1
 }
 
 image_id() {
