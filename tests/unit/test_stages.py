@@ -984,5 +984,8 @@ def test_customize_writes_what_a_kernel_on_trial_must_show(tmp_path: Path) -> No
     for unit in ("network-online.target", "ssh.service"):
         assert f"Wants={unit}\nAfter={unit}\n" in drop_in
     assert "TimeoutStartSec=420\n" in drop_in
+    # The profile: the initramfs's copy of the system partition's .disk/ (in toram the medium in RAM has none).
+    for name in ("resilience.conf", "persistence.conf"):
+        assert os.readlink(tree / "etc/amberpi" / name) == f"/run/amberpi/disk/{name}"
     conf = (tree / "etc/amberpi/kernel-confirm.conf").read_text()
     assert 'units="network-online.target ssh.service"\nseconds=300\ndegraded_ok=no\n' in conf
