@@ -261,6 +261,12 @@ class Config:
         1800, "seconds a chroot hook may run before it is stopped, with every process it started", low=1, high=86400
     )
     includes_dirs: list[str] = setting([], "extra folders copied over the rootfs, after includes/", relative_folders=True)
+    firstboot_dir: str = setting(
+        "",
+        "folder of first-boot files (user-data, network-config, meta-data: cloud-init NoCloud, as Raspberry Pi Imager writes them)"
+        " put on p1; the device applies them at first boot",
+        relative_folders=True,
+    )
     kernel_cmdline: str = setting("", "extra kernel command-line arguments", pattern=CMDLINE)
     kernel_tries: int = setting(2, "boots a newly installed kernel gets to confirm a good boot before GRUB falls back", low=1, high=9)
     kernel_confirm_units: list[str] = setting(
@@ -597,8 +603,10 @@ def merge_layers(layers: list[Layer], problems: list[ConfigProblem]) -> tuple[di
             if value is None:
                 continue
             if spec.metadata.get("relative_folders"):
-                value = [str((base / v).resolve()) if base is not None else str(Path(v).resolve()) for v in value]
-                problems.extend(ConfigProblem(origin, key, f"{folder} is not a folder") for folder in value if not Path(folder).is_dir())
+                folders = [value] if isinstance(value, str) else value
+                folders = [str((base / v).resolve()) if base is not None else str(Path(v).resolve()) for v in folders if v]
+                problems.extend(ConfigProblem(origin, key, f"{folder} is not a folder") for folder in folders if not Path(folder).is_dir())
+                value = (folders[0] if folders else "") if isinstance(value, str) else folders
             values[key] = value
             origins[key] = origin
     return values, origins

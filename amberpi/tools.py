@@ -17,6 +17,7 @@ from pathlib import Path
 TOOL_PACKAGES: dict[str, str] = {
     "apt-get": "apt",
     "apt-ftparchive": "apt-utils",
+    "awk": "mawk",
     "bmaptool": "bmap-tools",
     "busybox": "busybox",
     "chroot": "coreutils",

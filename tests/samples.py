@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from amberpi.config import ConfigTxtSection, Resilience, load_board
@@ -15,6 +16,8 @@ from amberpi.stages.iso import device_profile as make_device_profile
 IMAGE_ID = "1a2b3c4d"
 SQUASHFS_BYTES = 250 << 20
 DEFAULTS = Resilience()
+# The device's reader of first-boot files, which the bootfs stage checks them with.
+FIRSTBOOT_READER = Path(__file__).resolve().parent.parent / "amberpi/device/rootfs/usr/lib/amberpi/yaml-flat.awk"
 
 
 def boot_modes(**changes: Any) -> BootModes:
@@ -43,6 +46,9 @@ def bootfs_inputs(*, raspi: bool = False, modes: BootModes | None = None, **chan
         timeout=3,
         size_mib=40,
         modes=modes or boot_modes(),
+        firstboot=(),
+        firstboot_reader=FIRSTBOOT_READER,
+        firstboot_dir="",
     )
     return dataclasses.replace(inputs, **changes)
 

@@ -43,6 +43,8 @@ class VM:
     machine: str = "virt"
     # An i6300esb watchdog on PCI, which systemd can feed (resilience.watchdog_seconds).
     watchdog: bool = False
+    # QEMU user networking port forwards, e.g. "tcp:127.0.0.1:2222-:22" (host port to guest port).
+    hostfwd: list[str] = field(default_factory=list)
     child: pexpect.spawn | None = None  # type: ignore[type-arg]
 
     def argv(self, vars_file: Path) -> list[str]:
@@ -67,7 +69,7 @@ class VM:
             "-device",
             "virtio-blk-pci,drive=disk0,id=vdisk0,bus=rp0",
             "-netdev",
-            "user,id=net0",
+            ",".join(["user,id=net0", *(f"hostfwd={rule}" for rule in self.hostfwd)]),
             "-device",
             "virtio-net-pci,netdev=net0,romfile=",
             "-display",

@@ -9,19 +9,23 @@ from pathlib import Path
 
 from amberpi.config import ConfigTxtSection, gpio_line
 from amberpi.context import BuildContext
-from amberpi.errors import StageError
+from amberpi.errors import StageError, ToolError
 from amberpi.filesystems.fat import make_fat
 from amberpi.filesystems.iso9660 import iso_identity
 from amberpi.identity import ImageIdentity
 from amberpi.kernelstates import INITIAL_STATE
 from amberpi.render import render, write_rendered
-from amberpi.stages.base import Artefact, Stage
+from amberpi.run import run
+from amberpi.stages.base import Artefact, FileInput, Stage, resource
 from amberpi.stages.firmware import FIRMWARE_DIR, UBOOT_DIR
 
 GRUB_TIMEOUT = 3
 GRUBENV_BYTES = 1024
 UBOOT_NAME = "u-boot.bin"
 FIRMWARE_PATTERNS = ("bootcode.bin", "start*.elf", "fixup*.dat", "LICENCE*")
+# cloud-init NoCloud's files, as Raspberry Pi Imager writes them to p1's root; the
+# device applies them at first boot (amberpi-firstboot).
+FIRSTBOOT_FILES = ("user-data", "network-config", "meta-data")
 
 
 # The menu's title for each mode, and the order marker files on p1 are honoured in:
@@ -67,6 +71,10 @@ class BootfsInputs:
     timeout: int
     size_mib: int
     modes: BootModes
+    firstboot: tuple[FileInput, ...]
+    # The device's own reader of those files: the build checks them with it.
+    firstboot_reader: Path = resource()
+    firstboot_dir: str = resource()
 
 
 def kernel_cmdline(inputs: BootfsInputs, system_bytes: int, factory_version: str) -> str:
@@ -146,6 +154,12 @@ def find_grubenv(image: Path, expected: bytes) -> int:
     return offset
 
 
+def firstboot_files(folder: str) -> tuple[FileInput, ...]:
+    if not folder:
+        return ()
+    return tuple(FileInput.of(Path(folder) / name) for name in FIRSTBOOT_FILES if (Path(folder) / name).is_file())
+
+
 def copy_raspi_firmware(inputs: BootfsInputs, firmware: Path, boot: Path, tree: Path) -> None:
     files = firmware / "files"
     sources = [p for pattern in FIRMWARE_PATTERNS for p in sorted((files / FIRMWARE_DIR).glob(pattern))]
@@ -168,10 +182,10 @@ def copy_raspi_firmware(inputs: BootfsInputs, firmware: Path, boot: Path, tree: 
 
 class BootfsStage(Stage[BootfsInputs]):
     name = "bootfs"
-    version = 4
+    version = 5
     needs = ("bootfiles", "firmware")
     uses_facts = ("customize", "squash", "epoch")
-    tools = ("mkfs.vfat", "mcopy")
+    tools = ("mkfs.vfat", "mcopy", "awk")
 
     def inputs(self, build: BuildContext) -> BootfsInputs:
         b, c = build.board, build.config
@@ -196,7 +210,27 @@ class BootfsStage(Stage[BootfsInputs]):
                 maintenance_mode=r.maintenance_mode,
                 toram_margin_mib=r.toram_margin_mib,
             ),
+            firstboot=firstboot_files(c.firstboot_dir),
+            firstboot_reader=build.layout.device / "rootfs/usr/lib/amberpi/yaml-flat.awk",
+            firstboot_dir=c.firstboot_dir,
         )
+
+    def preflight(self, inputs: BootfsInputs) -> list[str]:
+        problems = []
+        if inputs.firstboot_dir:
+            folder = Path(inputs.firstboot_dir)
+            strays = sorted(p.name for p in folder.iterdir() if p.name not in FIRSTBOOT_FILES)
+            if strays:
+                problems.append(f"firstboot_dir {folder}: unexpected {', '.join(strays)} (only {', '.join(FIRSTBOOT_FILES)} go on p1)")
+            if not inputs.firstboot:
+                problems.append(f"firstboot_dir {folder}: none of {', '.join(FIRSTBOOT_FILES)} is there")
+        for item in inputs.firstboot:
+            # The device's reader, so a file the device would refuse fails the build instead.
+            try:
+                run(["awk", "-f", str(inputs.firstboot_reader), str(item.path)], capture=True, label="awk")
+            except ToolError as error:
+                problems.append("; ".join(error.output_tail) or f"{item.path}: not in the supported YAML subset")
+        return problems
 
     def title(self, inputs: BootfsInputs) -> str:
         return "Writing the boot partition (FAT32, GRUB" + (", Pi firmware, U-Boot)" if inputs.firmware == "raspi" else ")")
@@ -220,6 +254,8 @@ class BootfsStage(Stage[BootfsInputs]):
         write_grubenv(tree / "grub" / "grubenv", initial)
         if inputs.firmware == "raspi":
             copy_raspi_firmware(inputs, upstream["firmware"].folder, boot, tree)
+        for item in inputs.firstboot:
+            shutil.copy2(item.path, tree / item.name)
         make_fat(tree, out / "p1.img", size_mib=inputs.size_mib, label="AMBERPI", volume_id=inputs.identity.image_id, epoch=epoch)
         # The device rewrites grubenv in place on the raw partition, as GRUB does.
         offset = find_grubenv(out / "p1.img", (tree / "grub" / "grubenv").read_bytes())

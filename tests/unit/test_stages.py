@@ -29,6 +29,7 @@ from amberpi.manifest import QUERY_FORMAT
 from amberpi.stages.base import Artefact, FileInput
 from amberpi.stages.bootfiles import BootfilesInputs, BootfilesStage
 from amberpi.stages.bootfs import BootfsInputs, BootfsStage
+from amberpi.stages.bootfs import firstboot_files as bootfs_firstboot_files
 from amberpi.stages.bootstrap import BootstrapInputs, BootstrapStage
 from amberpi.stages.customize import GRUB_MODULES, CustomizeInputs, CustomizeStage, KernelConfirm, kernel_version
 from amberpi.stages.disk import DiskInputs, DiskStage
@@ -41,7 +42,7 @@ from amberpi.stages.release import ReleaseInputs, ReleaseStage
 from amberpi.stages.squash import EXCLUDE, SquashInputs, SquashStage
 from tests.conftest import EPOCH
 from tests.fakes import MIRROR, FakeTools, process_gone
-from tests.samples import boot_modes, device_profile, system_profile
+from tests.samples import FIRSTBOOT_READER, boot_modes, device_profile, system_profile
 
 pytestmark = pytest.mark.usefixtures("quiet_log")
 
@@ -675,6 +676,9 @@ def bootfs_inputs(*, tries: int = 2, raspi: bool = False) -> BootfsInputs:
         timeout=3,
         size_mib=40,
         modes=boot_modes(),
+        firstboot=(),
+        firstboot_reader=FIRSTBOOT_READER,
+        firstboot_dir="",
     )
 
 
@@ -749,6 +753,32 @@ def test_bootfs_names_a_missing_uboot_binary(tmp_path: Path) -> None:
     (tmp_path / "firmware/files/usr/lib/u-boot/rpi_arm64/u-boot.bin").unlink()
     with pytest.raises(StageError, match="U-Boot binary rpi_arm64/u-boot.bin is missing"):
         BootfsStage().run(bootfs_inputs(raspi=True), upstream, out_dir(tmp_path))
+
+
+def firstboot_inputs(tmp_path: Path, files: Mapping[str, str]) -> BootfsInputs:
+    seeds = folder(tmp_path, "seeds", files)
+    return dataclasses.replace(
+        bootfs_inputs(), firstboot=bootfs_firstboot_files(str(seeds)), firstboot_dir=str(seeds), firstboot_reader=FIRSTBOOT_READER
+    )
+
+
+def test_bootfs_puts_the_first_boot_files_on_p1(tmp_path: Path) -> None:
+    user_data = "#cloud-config\nhostname: seeded\n"
+    inputs = firstboot_inputs(tmp_path, {"user-data": user_data, "meta-data": "instance-id: x\n"})
+    assert BootfsStage().preflight(inputs) == []
+    out = out_dir(tmp_path)
+    BootfsStage().run(inputs, bootfs_upstream(tmp_path), out)
+    assert read_fat_file(out / "p1.img", "/user-data").decode() == user_data
+    assert "/network-config" not in list_fat(out / "p1.img")
+
+
+def test_bootfs_preflight_refuses_first_boot_files_the_device_could_not_read(tmp_path: Path) -> None:
+    inputs = firstboot_inputs(tmp_path, {"user-data": "#cloud-config\nusers:\n\t- name: x\n", "userdata.txt": "x"})
+    problems = BootfsStage().preflight(inputs)
+    assert problems[0].endswith("unexpected userdata.txt (only user-data, network-config, meta-data go on p1)"), problems
+    assert f"{inputs.firstboot_dir}/user-data:3:" in problems[1] and "tab" in problems[1], problems
+    empty = firstboot_inputs(tmp_path / "empty", {"notes": ""})
+    assert any("none of user-data, network-config, meta-data is there" in p for p in BootfsStage().preflight(empty))
 
 
 # --- iso (pycdlib, for real) ------------------------------------------------------------------
