@@ -7,12 +7,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from amberpi.config import list_boards, load_board
 from amberpi.context import BuildContext
 from amberpi.run import run
 from amberpi.stages.base import Artefact, Stage
 
 # Mount points stay, their contents do not: they are filled at run time.
 EXCLUDE = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*")
+# What a headless device never reads, left out to keep the download small (mksquashfs's
+# extended wildcards). apt rebuilds its caches at the next `apt update`; the copyright
+# files stay (the licences of what is shipped).
+SLIM = (
+    "var/cache/apt/*.bin",
+    "usr/share/locale/*",
+    "usr/share/man/*",
+    "usr/share/doc/*/!(copyright)",
+)
+
+
+def unused_dtb_folders() -> tuple[str, ...]:
+    """The kernel's device-tree folders no board boots from (55 MB of them): the rootfs is
+    shared by every board, so the folders any board names stay."""
+    vendors = sorted({dtb.split("/")[0] for name in list_boards() for dtb in load_board(name).device_trees if "/" in dtb})
+    if not vendors:
+        return ("usr/lib/linux-image-*/*",)
+    return (f"usr/lib/linux-image-*/!({'|'.join(vendors)})",)
 
 
 @dataclass(frozen=True)
@@ -29,7 +48,7 @@ class SquashStage(Stage[SquashInputs]):
     tools = ("mksquashfs",)
 
     def inputs(self, build: BuildContext) -> SquashInputs:
-        return SquashInputs(build.config.squashfs_compression, EXCLUDE)
+        return SquashInputs(build.config.squashfs_compression, EXCLUDE + SLIM + unused_dtb_folders())
 
     def title(self, inputs: SquashInputs) -> str:
         return f"Squashing the rootfs ({inputs.compression})"
