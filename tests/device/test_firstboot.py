@@ -162,7 +162,8 @@ def test_imager_files_are_applied_and_the_wifi_password_leaves_p1(tmp_path: Path
     assert f"ssid={b'Home net/5G'.hex()}" in text
     assert "DHCP=ipv4" in (root / "etc/systemd/network/25-amberpi-wifi-wlan0.network").read_text()
     calls = systemctl_calls(device)
-    assert f"--root={root} enable ssh.service" in calls and f"--root={root} add-wants sys-subsystem-net-devices-wlan0.device wpa_supplicant@wlan0.service" in calls
+    assert f"--root={root} enable ssh.service" in calls
+    assert f"--root={root} add-wants sys-subsystem-net-devices-wlan0.device wpa_supplicant@wlan0.service" in calls, calls
 
     report = (root / "var/lib/amberpi/firstboot/report").read_text()
     assert "not applied: user-data key 'packages'" in report and "not applied: user-data key 'apt'" in report
