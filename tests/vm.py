@@ -181,6 +181,41 @@ class VM:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+@dataclass
+class RaspiVM(VM):
+    """A Raspberry Pi 3 B as QEMU models it (-M raspi3b): no VideoCore firmware, so U-Boot
+    and the device tree come from the image's p1 as -kernel and -dtb; the card is an SD
+    card (its size a power of two); the login is on the mini-UART, QEMU's second serial."""
+
+    uboot: Path = Path()
+    device_tree: Path = Path()
+    machine: str = "raspi3b"
+    memory_mib: int = 1024
+
+    def argv(self, vars_file: Path) -> list[str]:
+        return [
+            "-M",
+            self.machine,
+            "-m",
+            str(self.memory_mib),
+            "-kernel",
+            str(self.uboot),
+            "-dtb",
+            str(self.device_tree),
+            "-drive",
+            f"if=sd,format=raw,file={self.image}",
+            "-display",
+            "none",
+            "-serial",
+            "null",
+            "-serial",
+            "stdio",
+            "-monitor",
+            f"unix:{self.monitor_socket},server,nowait",
+            *self.extra_args,
+        ]
+
+
 # Keys on GRUB's console. Emacs-style control keys, not VT100 arrows: through the
 # firmware's serial terminal an arrow's escape sequence can arrive cut, and GRUB's
 # editor then types "[B" into the entry.

@@ -14,14 +14,20 @@ from amberpi.stages.base import Artefact, Stage
 
 # Mount points stay, their contents do not: they are filled at run time.
 EXCLUDE = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*")
-# What a headless device never reads, left out to keep the download small (mksquashfs's
-# extended wildcards). apt rebuilds its caches at the next `apt update`; the copyright
-# files stay (the licences of what is shipped).
+# What the device never reads, left out to keep the download small (mksquashfs's
+# extended wildcards): downloaded .debs and apt's caches (rebuilt at the next `apt
+# update`); translations, man pages and docs (the copyright files stay: the licences
+# of what is shipped); GRUB's EFI modules (the build made p1's GRUB from them); and the
+# factory kernel and initrd, which p2 and p3 hold (amberpi-kernel takes p2's).
 SLIM = (
     "var/cache/apt/*.bin",
+    "var/cache/apt/archives/*.deb",
     "usr/share/locale/*",
     "usr/share/man/*",
     "usr/share/doc/*/!(copyright)",
+    "usr/lib/grub/*",
+    "boot/vmlinuz-*",
+    "boot/initrd.img-*",
 )
 
 

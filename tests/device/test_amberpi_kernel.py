@@ -128,6 +128,24 @@ def device(request: pytest.FixtureRequest, tmp_path: Path) -> Device:
     return Device(root, parts, env, shell)
 
 
+def test_the_factory_kernel_comes_from_p2_when_boot_has_not_got_it(device: Device) -> None:
+    """The image's squashfs leaves /boot's kernel and initrd out; p2 holds them (live/)."""
+    live = Path(device.env["AMBERPI_MEDIUM_DIR"]) / "live"
+    live.mkdir()
+    for name in ("vmlinuz", "initrd.img"):
+        source = device.root / "boot" / f"{name}-{FACTORY}"
+        (live / name).write_bytes(source.read_bytes())
+        source.unlink()
+    add_kernel(device.root, NEW)
+    assert device.run("install").returncode == 0
+    (device.root / "boot" / f"vmlinuz-{NEW}").unlink()
+    result = device.run("install")
+    assert result.returncode == 0, result.stderr
+    assert f"kernel partition now holds {FACTORY}" in result.stdout, "the newest kernel with both files: the factory one, from p2"
+    assert read_iso_file(device.parts / "p3", "/vmlinuz") == (live / "vmlinuz").read_bytes()
+    assert read_iso_file(device.parts / "p3", "/initrd.img") == (live / "initrd.img").read_bytes()
+
+
 def test_install_writes_a_verified_kernel_partition(device: Device) -> None:
     add_kernel(device.root, NEW)
     result = device.run("install")
