@@ -86,6 +86,13 @@ def test_missing_config_file(tmp_path: Path) -> None:
     assert "file not found" in problem
 
 
+def test_firstboot_dir_relative_to_config_file(tmp_path: Path) -> None:
+    (tmp_path / "seeds").mkdir()
+    assert load_config(write(tmp_path, "firstboot_dir: seeds\n"), {}).firstboot_dir == str(tmp_path / "seeds")
+    assert load_config(write(tmp_path, "firstboot_dir: ''\n"), {}).firstboot_dir == ""
+    assert any("absent is not a folder" in p for p in problems_of(write(tmp_path, "firstboot_dir: absent\n")))
+
+
 def test_hooks_dirs_relative_to_config_file(tmp_path: Path) -> None:
     (tmp_path / "myhooks").mkdir()
     config = load_config(write(tmp_path, "hooks_dirs: [myhooks]\n"), {})
