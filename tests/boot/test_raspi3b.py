@@ -59,8 +59,11 @@ def test_pi3_image_boots_through_its_own_uboot_and_grub(pi3_image: BuiltImage, t
     factory = pi3_image.report["kernel_version"]
     try:
         vm.start()
-        vm.expect("U-Boot", 300)
+        # U-Boot's banner goes to the other UART before its console moves to this one.
+        vm.expect("Hit any key to stop autoboot", 300)
+        vm.expect("Booting: mmc 0", 300)
         vm.expect("GNU GRUB", 600)
+        vm.expect("efi: EFI v[0-9.]+ by Das U-Boot", 600)  # the kernel names its EFI firmware
         seconds = vm.wait_for_login(1800)
         record(f"pi3 image under -M raspi3b: login after {seconds:.0f}s")
         vm.login("root", TEST_PASSWORD, timeout=300)
