@@ -70,3 +70,53 @@ def system_profile() -> SystemProfile:
 
 def device_profile(board: str = "pi3") -> DeviceProfile:
     return make_device_profile(DEFAULTS, load_board(board))
+
+
+def imager_user_data(*, hostname: str, password_hash: str, public_key: str, runcmd: str = "") -> str:
+    """The user-data Raspberry Pi Imager 2.x writes (rpi-imager src/customization_generator.cpp)
+    for a hostname, a user with a password and an SSH key, a time zone and a keyboard;
+    `runcmd` is appended as it is (Imager writes one for Wi-Fi's rfkill, for instance)."""
+    return f"""#cloud-config
+hostname: {hostname}
+manage_etc_hosts: true
+packages:
+- avahi-daemon
+
+apt:
+  conf: |
+    Acquire {{
+      Check-Date "false";
+    }};
+
+timezone: Europe/Berlin
+keyboard:
+  model: pc105
+  layout: "de"
+enable_ssh: true
+users:
+- name: alice
+  groups: users,adm,dialout,audio,netdev,video,plugdev,cdrom,games,input,gpio,spi,i2c,render,sudo
+  shell: /bin/bash
+  lock_passwd: false
+  passwd: {password_hash}
+  ssh_authorized_keys:
+    - {public_key}
+  sudo: ALL=(ALL) NOPASSWD:ALL
+
+ssh_pwauth: true
+{runcmd}"""
+
+
+def imager_network_config(ssid_yaml: str, psk: str) -> str:
+    """The network-config Imager writes for one Wi-Fi network (`ssid_yaml`: the quoted key as written)."""
+    return f"""network:
+  version: 2
+  wifis:
+    wlan0:
+      dhcp4: true
+      regulatory-domain: "DE"
+      access-points:
+        {ssid_yaml}:
+          password: "{psk}"
+      optional: true
+"""

@@ -23,44 +23,12 @@ from tests.conftest import TEST_PASSWORD, TEST_PASSWORD_HASH, BuiltImage, amberp
 from tests.device.test_firstboot import NETWORK_CONFIG, PSK
 from tests.imagetools import partition_range
 from tests.measurements import record
+from tests.samples import imager_user_data
 from tests.vm import VM
 
 pytestmark = pytest.mark.boot
 
 HOSTNAME = "amber-first"
-
-
-def imager_user_data(public_key: str) -> str:
-    # What Raspberry Pi Imager 2.x writes for a user, key, time zone and keyboard.
-    return f"""#cloud-config
-hostname: {HOSTNAME}
-manage_etc_hosts: true
-packages:
-- avahi-daemon
-
-apt:
-  conf: |
-    Acquire {{
-      Check-Date "false";
-    }};
-
-timezone: Europe/Berlin
-keyboard:
-  model: pc105
-  layout: "de"
-enable_ssh: true
-users:
-- name: alice
-  groups: users,adm,dialout,audio,netdev,video,plugdev,cdrom,games,input,gpio,spi,i2c,render,sudo
-  shell: /bin/bash
-  lock_passwd: false
-  passwd: {TEST_PASSWORD_HASH}
-  ssh_authorized_keys:
-    - {public_key}
-  sudo: ALL=(ALL) NOPASSWD:ALL
-
-ssh_pwauth: true
-"""
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +85,8 @@ def test_imager_settings_applied_at_first_boot(passwordless_image: BuiltImage, t
     disk = tmp_path / "disk.img"
     subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
     user_data = tmp_path / "user-data"
-    user_data.write_text(imager_user_data(Path(f"{key}.pub").read_text().strip()))
+    public_key = Path(f"{key}.pub").read_text().strip()
+    user_data.write_text(imager_user_data(hostname=HOSTNAME, password_hash=TEST_PASSWORD_HASH, public_key=public_key))
     subprocess.run(["mcopy", "-o", "-i", p1_of(disk), str(user_data), "::user-data"], check=True)
 
     port = free_port()

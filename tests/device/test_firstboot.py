@@ -15,54 +15,15 @@ import pytest
 
 from tests.conftest import TEST_PASSWORD_HASH
 from tests.device.devicekit import SHELLS, Device, make_device, require
+from tests.samples import imager_network_config, imager_user_data
 
 PSK = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFirstBootTestKeyOnly alice@laptop"
 
-# What Raspberry Pi Imager 2.x writes (rpi-imager src/customization_generator.cpp).
-USER_DATA = f"""#cloud-config
-hostname: amber-test
-manage_etc_hosts: true
-packages:
-- avahi-daemon
-
-apt:
-  conf: |
-    Acquire {{
-      Check-Date "false";
-    }};
-
-timezone: Europe/Berlin
-keyboard:
-  model: pc105
-  layout: "de"
-enable_ssh: true
-users:
-- name: alice
-  groups: users,adm,dialout,audio,netdev,video,plugdev,cdrom,games,input,gpio,spi,i2c,render,sudo
-  shell: /bin/bash
-  lock_passwd: false
-  passwd: {TEST_PASSWORD_HASH}
-  ssh_authorized_keys:
-    - {KEY}
-  sudo: ALL=(ALL) NOPASSWD:ALL
-
-ssh_pwauth: true
-
-runcmd:
-  - [ rfkill, unblock, wifi ]
-"""
-NETWORK_CONFIG = f"""network:
-  version: 2
-  wifis:
-    wlan0:
-      dhcp4: true
-      regulatory-domain: "DE"
-      access-points:
-        "Home net/5G":
-          password: "{PSK}"
-      optional: true
-"""
+USER_DATA = imager_user_data(
+    hostname="amber-test", password_hash=TEST_PASSWORD_HASH, public_key=KEY, runcmd="\nruncmd:\n  - [ rfkill, unblock, wifi ]\n"
+)
+NETWORK_CONFIG = imager_network_config('"Home net/5G"', PSK)
 META_DATA = "instance-id: rpi-imager-1732000000000\n"
 
 

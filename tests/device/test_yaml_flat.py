@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.device.devicekit import ROOTFS, SHELLS, fake_tool, require
+from tests.samples import imager_network_config, imager_user_data
 
 FLATTEN = ROOTFS / "usr/lib/amberpi/yaml-flat.awk"
 FLAT_SH = ROOTFS / "usr/lib/amberpi/flat.sh"
@@ -25,39 +26,16 @@ ENV = {"PATH": os.environ["PATH"], "LC_ALL": "C.UTF-8"}
 awks = pytest.mark.parametrize("awk", AWKS, ids=lambda a: a[0])
 shells = pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
 
-USER_DATA = r"""#cloud-config
-hostname: amber-test
-manage_etc_hosts: true
-packages:
-- avahi-daemon
-
-apt:
-  conf: |
-    Acquire {
-      Check-Date "false";
-    };
-
-timezone: Europe/Berlin
-keyboard:
-  model: pc105
-  layout: "de"
-enable_ssh: true
-users:
-- name: alice
-  groups: users,adm,dialout,audio,netdev,video,plugdev,cdrom,games,input,gpio,spi,i2c,render,sudo
-  shell: /bin/bash
-  lock_passwd: false
-  passwd: $5$rounds=1000$abc$xyz/.ABC
-  ssh_authorized_keys:
-    - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG alice@laptop
-  sudo: ALL=(ALL) NOPASSWD:ALL
-
-ssh_pwauth: true
-
+USER_DATA = imager_user_data(
+    hostname="amber-test",
+    password_hash="$5$rounds=1000$abc$xyz/.ABC",
+    public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG alice@laptop",
+    runcmd=r"""
 runcmd:
   - [ rfkill, unblock, wifi ]
   - [ sh, -c, "for f in /var/lib/systemd/rfkill/*:wlan; do echo 0 > \"$f\"; done" ]
-"""
+""",
+)
 USER_DATA_FLAT = r"""hostname	amber-test
 manage_etc_hosts	true
 packages/0	avahi-daemon
@@ -81,17 +59,7 @@ runcmd/1/0	sh
 runcmd/1/1	-c
 runcmd/1/2	for f in /var/lib/systemd/rfkill/*:wlan; do echo 0 > "$f"; done
 """
-NETWORK_CONFIG = r"""network:
-  version: 2
-  wifis:
-    wlan0:
-      dhcp4: true
-      regulatory-domain: "DE"
-      access-points:
-        "My \"home\" net/5G":
-          password: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-      optional: true
-"""
+NETWORK_CONFIG = imager_network_config(r'"My \"home\" net/5G"', "0123456789abcdef" * 4)
 AP = "network/wifis/wlan0/access-points"
 
 
