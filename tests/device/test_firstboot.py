@@ -204,6 +204,7 @@ def test_a_file_outside_the_subset_applies_nothing(tmp_path: Path) -> None:
     ("user_data", "warning"),
     [
         ("hostname: -bad-\n", "not a valid host name"),
+        ('hostname: "ok\\nbad"\n', "not a valid host name"),
         ("timezone: Mars/Olympus\n", "time zone 'Mars/Olympus' is unknown"),
         ("timezone: ../../etc/passwd\n", "is not a zone name"),
         ("users:\n- name: Bad User\n", "is not a valid user name"),
@@ -218,3 +219,22 @@ def test_bad_values_are_reported_and_skipped(tmp_path: Path, user_data: str, war
     assert warning in result.stderr
     assert (root / "etc/hostname").read_text() == "amberpi\n"
     assert not (root / "etc/localtime").exists()
+
+
+@pytest.mark.parametrize(
+    ("password", "country", "warning"),
+    [
+        ("short", "DE", "neither 8-63 printable ASCII characters nor 64 hex digits"),
+        ("line one\\nnetwork={\\n}", "DE", "neither 8-63 printable ASCII characters nor 64 hex digits"),
+        ("good passphrase", "DE\\nupdate_config=1", "is not a two-letter country code"),
+    ],
+)
+def test_wifi_values_that_would_break_wpa_supplicants_file_are_refused(tmp_path: Path, password: str, country: str, warning: str) -> None:
+    network_config = NETWORK_CONFIG.replace(PSK, password).replace('"DE"', f'"{country}"')
+    device, root = firstboot_device(tmp_path, SHELLS[0], {"network-config": network_config})
+    result = device.tool("amberpi-firstboot")
+    assert result.returncode == 0, result.stderr
+    assert warning in result.stderr
+    wpa = root / "etc/wpa_supplicant/wpa_supplicant-wlan0.conf"
+    if wpa.exists():
+        assert "update_config" not in wpa.read_text() and wpa.read_text().count("network={") == 1
