@@ -38,6 +38,13 @@ TEST_TOOLS = (
     "unsquashfs",
     "e2fsck",
     "dockerd",
+    # First-boot tests: p1 read back and checked, users written into a root tree, SSH into the guest.
+    "mtype",
+    "fsck.fat",
+    "useradd",
+    "chpasswd",
+    "ssh",
+    "ssh-keygen",
 )
 # Order matters: fast checks first, then the shared image build, then booting it.
 SUITES = ["tests/unit", "tests/device", "tests/integration", "tests/boot"]
