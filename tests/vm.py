@@ -45,6 +45,11 @@ class VM:
     watchdog: bool = False
     # QEMU user networking port forwards, e.g. "tcp:127.0.0.1:2222-:22" (host port to guest port).
     hostfwd: list[str] = field(default_factory=list)
+    # More disks after the image (vdb, vdc... in the guest), e.g. a byte copy of it. Disk n of
+    # [image, *extra_disks] has the serial "diskN" (/dev/disk/by-id/virtio-diskN).
+    extra_disks: list[Path] = field(default_factory=list)
+    # The disk the firmware boots, by that index (QEMU's bootindex).
+    boot_disk: int = 0
     child: pexpect.spawn | None = None  # type: ignore[type-arg]
 
     def argv(self, vars_file: Path) -> list[str]:
@@ -61,13 +66,7 @@ class VM:
             f"if=pflash,format=raw,unit=0,readonly=on,file={AAVMF_CODE}",
             "-drive",
             f"if=pflash,format=raw,unit=1,file={vars_file}",
-            "-drive",
-            f"if=none,id=disk0,format=raw,file={self.image}",
-            # Behind a PCIe root port: the root bus of -M virt cannot hot-unplug (device_del).
-            "-device",
-            "pcie-root-port,id=rp0,chassis=1,slot=1",
-            "-device",
-            "virtio-blk-pci,drive=disk0,id=vdisk0,bus=rp0",
+            *self.disk_args(),
             "-netdev",
             ",".join(["user,id=net0", *(f"hostfwd={rule}" for rule in self.hostfwd)]),
             "-device",
@@ -81,6 +80,23 @@ class VM:
             *(["-device", "i6300esb"] if self.watchdog else []),
             *self.extra_args,
         ]
+
+    def disk_args(self) -> list[str]:
+        args = []
+        for index, disk in enumerate([self.image, *self.extra_disks]):
+            # Each behind a PCIe root port of its own (the root bus of -M virt cannot hot-unplug,
+            # device_del); rp0 for the image, slots from 10 for the others (callers add rp1 on slot 2).
+            port, slot = ("rp0", 1) if index == 0 else (f"rpdisk{index}", 10 + index)
+            boot = ",bootindex=0" if index == self.boot_disk else ""
+            args += [
+                "-drive",
+                f"if=none,id=disk{index},format=raw,file={disk}",
+                "-device",
+                f"pcie-root-port,id={port},chassis={slot},slot={slot}",
+                "-device",
+                f"virtio-blk-pci,drive=disk{index},id=vdisk{index},bus={port},serial=disk{index}{boot}",
+            ]
+        return args
 
     @property
     def monitor_socket(self) -> Path:

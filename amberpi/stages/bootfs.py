@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,6 +88,9 @@ def kernel_cmdline(inputs: BootfsInputs, system_bytes: int, factory_version: str
         "boot=live",
         f"live-media=/dev/disk/by-label/{inputs.identity.system_label}",
         f"amberpi.id={inputs.identity.image_id}",
+        # Persistence is a partition found by its label: live-boot then never mounts
+        # other partitions (p1's FAT read-write among them) to look for persistence files.
+        "persistence-storage=filesystem",
         # The kernel whose modules are in the squashfs: any other's live on p4.
         f"amberpi.factory={factory_version}",
         "console=tty1",
@@ -136,6 +140,15 @@ def render_grub_cfg(inputs: BootfsInputs, factory_version: str, system_bytes: in
     )
 
 
+def first_boot_token(identity: ImageIdentity, epoch: int) -> str:
+    """The token every card of this image starts with (16 hex digits, as the device makes them).
+
+    Not a secret and not unique: GRUB's first write of it as the claim is what sets the booted
+    card apart from copies, and the device replaces it with a random one at that boot.
+    """
+    return hashlib.sha256(f"amberpi:token:{identity.image_id}:{epoch}".encode()).hexdigest()[:16]
+
+
 def write_grubenv(target: Path, variables: list[tuple[str, str]]) -> None:
     """GRUB's environment block: exactly 1024 bytes, '#'-padded, so GRUB can rewrite it in place."""
     unpadded = render("grubenv.j2", variables=variables, padding="")
@@ -182,7 +195,7 @@ def copy_raspi_firmware(inputs: BootfsInputs, firmware: Path, boot: Path, tree: 
 
 class BootfsStage(Stage[BootfsInputs]):
     name = "bootfs"
-    version = 5
+    version = 6
     needs = ("bootfiles", "firmware")
     uses_facts = ("customize", "squash", "epoch")
     tools = ("mkfs.vfat", "mcopy", "awk")
@@ -250,7 +263,13 @@ class BootfsStage(Stage[BootfsInputs]):
         grub_cfg.write_text(render_grub_cfg(inputs, factory_version, system_bytes))
         epoch = int(upstream["epoch"].facts["source_date_epoch"])
         # The iso stage writes p3 with the same epoch, so this is the identity it will carry.
-        initial = [("amberpi_state", INITIAL_STATE.value), ("amberpi_version", factory_version), ("amberpi_krn_uuid", iso_identity(epoch))]
+        initial = [
+            ("amberpi_state", INITIAL_STATE.value),
+            ("amberpi_version", factory_version),
+            ("amberpi_krn_uuid", iso_identity(epoch)),
+            # GRUB claims its disk with it at the first boot (grub.cfg, "this boot's disk").
+            ("amberpi_token", first_boot_token(inputs.identity, epoch)),
+        ]
         write_grubenv(tree / "grub" / "grubenv", initial)
         if inputs.firmware == "raspi":
             copy_raspi_firmware(inputs, upstream["firmware"].folder, boot, tree)

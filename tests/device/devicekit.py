@@ -19,6 +19,7 @@ from tests.conftest import REPO
 
 ROOTFS = REPO / "amberpi/device/rootfs"
 LIB = ROOTFS / "usr/lib/amberpi/lib.sh"
+LIVE_BOOT_DISK = ROOTFS / "usr/lib/amberpi/live-boot-disk.sh"
 SBIN = ROOTFS / "usr/sbin"
 SHELLS = [["dash"], ["busybox", "sh"]]
 IMAGE_ID = "1a2b3c4d"

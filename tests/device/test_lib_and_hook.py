@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.device.devicekit import LIB, ROOTFS, SHELLS
+from tests.device.devicekit import LIB, LIVE_BOOT_DISK, ROOTFS, SHELLS
 
 HOOK = ROOTFS / "etc/initramfs-tools/hooks/amberpi"
 
@@ -162,16 +162,28 @@ def test_hook_copies_what_the_script_needs(shell: list[str], tmp_path: Path) -> 
         "DESTDIR": str(destdir),
         "AMBERPI_HOOK_FUNCTIONS": str(functions),
         "AMBERPI_LIB": str(LIB),
+        "AMBERPI_LIVE_BOOT_DISK": str(LIVE_BOOT_DISK),
         "AMBERPI_HOOK_TOOLS": f"{e2fsck} {tmp_path}/gpioget",
+        "AMBERPI_GCONV_DIRS": f"{tmp_path}/gconv {tmp_path}/no-gconv",
         "FAKE_LOG": str(tmp_path / "log"),
     }
+    (tmp_path / "gconv").mkdir()
+    for name in ("IBM850.so", "gconv-modules.cache"):
+        (tmp_path / "gconv" / name).write_text(name)
     assert subprocess.run([*shell, str(HOOK), "prereqs"], capture_output=True, text=True).stdout.strip() == ""
     result = subprocess.run([*shell, str(HOOK)], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert (destdir / "usr/lib/amberpi/lib.sh").read_bytes() == LIB.read_bytes()
-    assert (tmp_path / "log").read_text().splitlines() == [f"copy_exec {e2fsck}"]
+    # Last in live-boot's name order, so its storage_devices() is the one live-boot calls.
+    assert (destdir / "usr/lib/live/boot/9999-amberpi-disk").read_bytes() == LIVE_BOOT_DISK.read_bytes()
+    assert (tmp_path / "log").read_text().splitlines() == [f"copy_exec {e2fsck}", f"copy_exec {tmp_path}/gconv/IBM850.so"]
+    # mtype's code page: without it mtools cannot read p1 in the initramfs.
+    assert (destdir / str(tmp_path / "gconv/gconv-modules.cache").lstrip("/")).read_text() == "gconv-modules.cache"
     assert f"{tmp_path}/gpioget is not installed" in result.stderr
     assert "broken_system_clock = 1" in (destdir / "etc/e2fsck.conf").read_text()
+    env["AMBERPI_LIVE_BOOT_DISK"] = str(tmp_path / "missing-scan")
+    result = subprocess.run([*shell, str(HOOK)], capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and "missing-scan is missing" in result.stderr
     env["AMBERPI_LIB"] = str(tmp_path / "missing")
     result = subprocess.run([*shell, str(HOOK)], capture_output=True, text=True, env=env)
     assert result.returncode == 1 and "is missing" in result.stderr

@@ -674,3 +674,58 @@ def test_a_system_partition_that_cannot_be_mounted_only_warns(device: Device) ->
     result = boot(device, CMDLINE + " persistence")
     assert "cannot" in result.console and "the image's settings" in result.console
     assert result.state["MODE"] == "persistent", "the boot goes on"
+
+
+def test_live_boot_is_pointed_at_the_partition_amberpi_media_chose(device: Device) -> None:
+    """A label names every copy of this card too: live-boot gets the very partition instead."""
+    device.run_dir.mkdir(parents=True, exist_ok=True)
+    (device.run_dir / "system-partition").write_text("/dev/vdb2\n")
+    b = boot(device, f"{PERSISTENT} amberpi.mode=persistent")
+    assert "live-media=/dev/vdb2" in b.live_boot_cmdline
+    assert not [arg for arg in b.live_boot_cmdline if arg.startswith("live-media=/dev/disk/by-label/")]
+
+
+@pytest.mark.parametrize(
+    ("args", "rotated"),
+    [
+        ("amberpi.mode=persistent amberpi.claim=00112233aabbccdd", True),
+        ("amberpi.mode=toram-persistent amberpi.claim=00112233aabbccdd", True),
+        # GRUB passes the token unwritten in the modes that write nothing, and nothing writes here either.
+        ("amberpi.mode=readonly amberpi.token=00112233aabbccdd", False),
+        ("amberpi.mode=persistent amberpi.token=00112233aabbccdd", False),
+        # A readonly boot picked after GRUB claimed the disk: still nothing written.
+        ("amberpi.mode=readonly amberpi.claim=00112233aabbccdd", False),
+    ],
+)
+def test_a_new_boot_token_after_a_claim_in_the_modes_that_write(device: Device, args: str, rotated: bool) -> None:
+    before = device.grubenv()
+    b = boot(device, f"{PERSISTENT} {args}")
+    after = device.grubenv()
+    if rotated:
+        token = after.pop("amberpi_token")
+        assert len(token) == 16 and int(token, 16) >= 0 and token != "00112233aabbccdd"
+        assert after == before, "only the token changes"
+        again = boot(device, f"{PERSISTENT} {args}")
+        assert device.grubenv()["amberpi_token"] != token, "a new one at every boot"
+        assert "boot token" not in again.console
+    else:
+        assert after == before
+        assert "boot token" not in b.console
+
+
+def test_a_token_that_cannot_be_made_or_written_is_said_and_the_boot_goes_on(device: Device) -> None:
+    claim = f"{PERSISTENT} amberpi.mode=persistent amberpi.claim=00112233aabbccdd"
+    before = device.grubenv()
+    device.env["AMBERPI_RANDOM"] = "/dev/null"
+    b = boot(device, claim)
+    assert "AmberPi: cannot make a new boot token (no random source)" in b.console
+    del device.env["AMBERPI_RANDOM"]
+    # A card that refuses writes: dd reads, but every write fails.
+    real_dd = shutil.which("dd")
+    refuse_writes = 'for a in "$@"; do case "$a" in of=*) echo "dd: error writing: Read-only file system" >&2; exit 1 ;; esac; done\n'
+    fake_tool(device.fakebin, "dd", f'{refuse_writes}exec {real_dd} "$@"\n')
+    b = boot(device, claim)
+    said = "AmberPi: cannot leave a new boot token in GRUB's environment block: amberpi: error: cannot write GRUB's environment block"
+    assert said in b.console
+    assert b.state["MODE"] == "persistent" and b.state["P4_VIEW"] == "rw", "the boot goes on"
+    assert device.grubenv() == before

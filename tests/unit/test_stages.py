@@ -28,7 +28,7 @@ from amberpi.identity import ImageIdentity
 from amberpi.manifest import QUERY_FORMAT
 from amberpi.stages.base import Artefact, FileInput
 from amberpi.stages.bootfiles import BootfilesInputs, BootfilesStage
-from amberpi.stages.bootfs import BootfsInputs, BootfsStage
+from amberpi.stages.bootfs import BootfsInputs, BootfsStage, first_boot_token
 from amberpi.stages.bootfs import firstboot_files as bootfs_firstboot_files
 from amberpi.stages.bootstrap import BootstrapInputs, BootstrapStage
 from amberpi.stages.customize import GRUB_MODULES, CustomizeInputs, CustomizeStage, KernelConfirm, kernel_version
@@ -730,8 +730,19 @@ def test_bootfs_writes_grub_its_menu_and_an_environment_block_in_place(tmp_path:
     grubenv = read_fat_file(image, "/grub/grubenv")
     assert len(grubenv) == 1024
     identity = iso_identity(EPOCH)  # p3 is written with the same epoch: grubenv names the write it holds
-    expected = f"# GRUB Environment Block\namberpi_state=good\namberpi_version={KERNEL}\namberpi_krn_uuid={identity}\n#"
+    token = first_boot_token(IDENTITY, EPOCH)
+    expected = (
+        f"# GRUB Environment Block\namberpi_state=good\namberpi_version={KERNEL}\namberpi_krn_uuid={identity}\namberpi_token={token}\n#"
+    )
     assert grubenv.startswith(expected.encode())
+    # The device's tokens are 16 hex digits; another image (or build date) starts with another.
+    assert len(token) == 16 and int(token, 16) >= 0
+    assert token != first_boot_token(ImageIdentity("0badc0de"), EPOCH) != first_boot_token(IDENTITY, EPOCH + 1)
+    # GRUB claims its own disk in the modes that write, after reading the claim back.
+    assert 'save_env --file "${prefix}/grubenv" amberpi_claim' in menu
+    assert 'set amberpi_disk_arg="amberpi.claim=${amberpi_claim}"' in menu
+    assert 'if [ "${amberpi_mode}" = "readonly" ]; then set amberpi_claims=no; fi' in menu
+    assert "persistence-storage=filesystem" in menu, "live-boot mounts no partition to look for persistence files"
     offset = artefact.facts["grubenv_offset"]
     assert offset % 512 == 0
     assert image.read_bytes()[offset : offset + 1024] == grubenv, "the device rewrites it at this offset"

@@ -26,6 +26,8 @@ DEV_DIR="${AMBERPI_DEV_DIR:-/dev}"
 SYS_DIR="${AMBERPI_SYS_DIR:-/sys}"
 # The boot's decisions, written by the initramfs (scripts/live-premount/amberpi-mode).
 MODE_FILE="$RUN_DIR/mode"
+# This boot's system partition, when the initramfs chose it (see "this boot's disk").
+BOOT_PARTITION_FILE="$RUN_DIR/system-partition"
 MODES="persistent readonly toram toram-persistent"
 
 say() { echo "$PROG: $*"; }
@@ -114,6 +116,14 @@ persistence_label() {
 # hard-coded /dev name.
 
 system_partition() {
+	# The one the initramfs chose for this boot (amberpi-media), when it did:
+	# then never another, which could be a copy of this card.
+	if [ -f "$BOOT_PARTITION_FILE" ]; then
+		read -r _dev < "$BOOT_PARTITION_FILE" || true
+		[ -n "$_dev" ] && [ -e "$_dev" ] || return 1
+		echo "$_dev"
+		return 0
+	fi
 	_dev=$(findmnt -n -o SOURCE "$MEDIUM_DIR" 2>/dev/null || true)
 	case "$_dev" in /*) [ -e "$_dev" ] && { echo "$_dev"; return 0; } ;; esac
 	_label=$(system_label)
@@ -140,10 +150,15 @@ find_partition() {
 		return 0
 	fi
 	_system=$(system_partition) || return 1
-	_diskdir=$(disk_sysdir "$_system") || return 1
+	sibling_partition "$_system" "$1"
+}
+
+sibling_partition() {
+	# Partition number $2 of the disk partition $1 is on; status 1 when none.
+	_diskdir=$(disk_sysdir "$1") || return 1
 	for _part in "$_diskdir"/*/partition; do
 		[ -f "$_part" ] || continue
-		if [ "$(cat "$_part")" = "$1" ]; then
+		if [ "$(cat "$_part")" = "$2" ]; then
 			_name=${_part%/partition}
 			echo "$DEV_DIR/${_name##*/}"
 			return 0
@@ -173,6 +188,46 @@ partition_label() {
 	# The file system label on device $1, or empty. Parses blkid's
 	# NAME="value" output, which util-linux and busybox print alike.
 	blkid "$1" 2>/dev/null | sed -n 's/.* LABEL="\([^"]*\)".*/\1/p' | head -n 1
+}
+
+# --- this boot's disk ------------------------------------------------------------
+# Every card written from one image carries the same labels, so labels alone
+# cannot tell this device's card from a byte copy of it (a spare card, a
+# backup in a USB reader). GRUB writes the token its grubenv holds as
+# amberpi_claim on the disk it runs from and passes it on (amberpi.claim=);
+# the initramfs takes the system partition on the disk whose grubenv holds
+# that claim, records it here, and leaves a new token for the next boot. In
+# the modes that write nothing GRUB passes the token unwritten (amberpi.token=).
+
+labelled_partitions() {
+	# Every partition whose file system label is $1, as device paths.
+	for _part in "$SYS_DIR"/class/block/*; do
+		[ -f "$_part/partition" ] || continue
+		_dev="$DEV_DIR/${_part##*/}"
+		if [ "$(partition_label "$_dev")" = "$1" ]; then echo "$_dev"; fi
+	done
+	return 0
+}
+
+disk_env_get() {
+	# disk_env_get PARTITION NAME: NAME's value in grub/grubenv on partition 1
+	# of PARTITION's disk (read with mtools, nothing mounted), or empty.
+	_p1=$(sibling_partition "$1" 1) || return 0
+	MTOOLS_SKIP_CHECK=1 mtype -i "$_p1" ::grub/grubenv 2>/dev/null | sed -n "s/^$2=//p" | head -n 1
+}
+
+matching_partitions() {
+	# matching_partitions LABEL NAME VALUE: the partitions labelled LABEL whose
+	# disk's grubenv holds NAME=VALUE.
+	for _candidate in $(labelled_partitions "$1"); do
+		if [ "$(disk_env_get "$_candidate" "$2")" = "$3" ]; then echo "$_candidate"; fi
+	done
+	return 0
+}
+
+new_token() {
+	# 16 hex digits from the kernel's random source.
+	od -A n -N 8 -t x1 "${AMBERPI_RANDOM:-/dev/urandom}" | tr -d ' \n'
 }
 
 # --- GRUB's environment block -------------------------------------------------
