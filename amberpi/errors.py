@@ -61,6 +61,10 @@ class UsageError(AmberPiError):
     exit_code = 2
 
 
+class OutputError(AmberPiError):
+    """The output folder cannot take the build's files (full, read-only); exit code 1."""
+
+
 class ConfigProblem:
     """One validation problem in a config file, sortable by location."""
 

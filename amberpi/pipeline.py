@@ -22,7 +22,7 @@ from typing import Any
 from amberpi.cache import Cache, Incremental, locked, stage_key
 from amberpi.config import Config, load_board
 from amberpi.context import BuildContext, RunRecord, StageRecord
-from amberpi.errors import CacheError, UsageError, cleanup_after
+from amberpi.errors import CacheError, OutputError, ToolError, UsageError, cleanup_after, describe
 from amberpi.log import LOG, format_age, format_duration
 from amberpi.stages import STAGES
 from amberpi.stages.base import Artefact, Stage, stage_inputs_key
@@ -47,6 +47,21 @@ class BuildResult:
     image: Path
     report: Path
     records: list[StageRecord]
+
+
+def check_room(output: Path, files: list[Path]) -> None:
+    """Fail before writing anything when the files (their allocated blocks) do not fit in output."""
+    if not files or files[0].stat().st_dev == output.stat().st_dev:
+        return  # renamed in place: no room needed
+    needed = sum(path.stat().st_blocks * 512 for path in files)
+    stat = os.statvfs(output)
+    free = stat.f_bavail * stat.f_frsize
+    if needed > free:
+        raise OutputError(
+            f"the output folder has {free / 2**20:.0f} MiB free; the image and its files need {needed / 2**20:.0f} MiB",
+            where=str(output),
+            hint="free space there or choose another folder with --output; the files there are as they were",
+        )
 
 
 def check_output_dir(output: Path) -> None:
@@ -318,8 +333,7 @@ class Pipeline:
         replaced, so a checksum never describes another image.
         """
         names: list[str] = list(final.facts["publish"])
-        for stale in [*final.facts.get("withdraw", []), *names[1:]]:
-            (self.output_dir / stale).unlink(missing_ok=True)
+        check_room(self.output_dir, [final.folder / name for name in names])
         partials = {name: self.output_dir / f".{name}.partial" for name in names}
 
         def remove_partials() -> None:
@@ -328,7 +342,18 @@ class Pipeline:
 
         with cleanup_after(remove_partials):
             for name, partial in partials.items():
-                move_file(final.folder / name, partial)
+                try:
+                    move_file(final.folder / name, partial)
+                except (OSError, ToolError) as exc:
+                    raise OutputError(
+                        f"cannot write {name} into the output folder: {describe(exc)}",
+                        where=str(self.output_dir),
+                        hint="free space there or choose another folder with --output; the files there are as they were",
+                    ) from None
+            # Only now, with every new file in place beside its target: a failure above left the
+            # earlier build's image and sidecars untouched.
+            for stale in [*final.facts.get("withdraw", []), *names[1:]]:
+                (self.output_dir / stale).unlink(missing_ok=True)
             for name, partial in partials.items():
                 os.replace(partial, self.output_dir / name)
         return [self.output_dir / name for name in names]

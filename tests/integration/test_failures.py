@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.buildtools import amberpi_mounts, hook_config, hook_left_running, start_build_in_hook
-from tests.conftest import BuiltImage, amberpi
+from tests.conftest import BuiltImage, amberpi, write_test_config
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +28,42 @@ def test_failing_hook_stops_the_build(qemu_image: BuiltImage, tmp_path: Path) ->
     assert "about to fail" in log
 
 
-def test_ctrl_c_mid_chroot_releases_mounts(qemu_image: BuiltImage, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_chroot_releases_mounts(qemu_image: BuiltImage, tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C, or a CI runner's or service manager's stop."""
     process = start_build_in_hook(tmp_path)
     assert amberpi_mounts(), "the chroot is mounted while the hook runs"
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     _, rest = process.communicate(timeout=180)
     assert process.returncode == 130, rest[-3000:]
     assert "interrupted" in rest
     assert amberpi_mounts() == []
     assert not (tmp_path / "out" / "amberpi-qemu.img").exists()
     assert hook_left_running() == "", "no process of the hook survives"
+
+
+def test_a_full_output_folder_fails_before_writing_and_keeps_the_earlier_build(qemu_image: BuiltImage, tmp_path: Path) -> None:
+    """The image does not fit: said before anything is written, the earlier image and its sidecars untouched."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "amberpi-test-full", str(small)], check=True)
+    try:
+        earlier = {"amberpi-qemu.img": b"earlier image", "amberpi-qemu.img.sha256": b"earlier checksum"}
+        for name, content in earlier.items():
+            (small / name).write_bytes(content)
+        config = write_test_config(tmp_path)
+        result = amberpi("--config", str(config), "--output", str(small))
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert "error: the output folder has" in result.stderr and "MiB free; the image and its files need" in result.stderr
+        assert f"where: {small}" in result.stderr and "--output" in result.stderr
+        assert "internal error" not in result.stderr
+        for name, content in earlier.items():
+            assert (small / name).read_bytes() == content, f"{name} is as it was"
+        assert not list(small.glob(".*.partial"))
+        assert amberpi_mounts() == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    # The cache is whole: the same build into a folder with room succeeds at once.
+    out = tmp_path / "out"
+    result = amberpi("--config", str(config), "--output", str(out), check=True)
+    assert (out / "amberpi-qemu.img").stat().st_size == qemu_image.path.stat().st_size
