@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Power-cut torture: boot, write hard, pull the plug at a random moment, boot again.
+
+Run as root with the test environment's Python (`python3 tests/run.py --collect-only -q`
+makes .venv), alone (another emulated job beside it doubles every figure):
+
+    .venv/bin/python bench/torture.py --trials 5 --seed 1
+    .venv/bin/python bench/torture.py --image X.img --password PW --trials 100 --seed 7
+
+One disk (a sparse copy of the qemu test image) lives through every trial, as a
+device's card would. Each trial boots it, logs in, checks that what the trial
+before synced is still there, starts a write-heavy workload in the guest (files
+written with fsync and without, a package installed with dpkg, log spam), marks
+a token synced, and kills QEMU after a random delay (SIGKILL: no shutdown).
+Then, on the host: p4 checked by e2fsck on a copy (after its journal replay, as
+the device's boot does), p1-p3 compared with the image (p1 but for GRUB's
+environment block, which GRUB rewrites at every boot). The next trial's boot
+is the "boot again": it must reach a login without a keypress.
+
+A table per trial and a summary line go to stdout, the details to
+WORK/torture.json. The seed makes the delays and workload choices repeatable
+(the guest's timing is not). Nothing is asserted; the exit status is 1 when any
+trial missed a promise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import TEST_PASSWORD, write_test_config  # noqa: E402
+from tests.imagetools import extract_partition, partition_range, sha256_range  # noqa: E402
+from tests.vm import VM, VMError  # noqa: E402
+
+GRUBENV_HEADER = b"# GRUB Environment Block\n"
+# The guest's workload: each line runs in the background until the plug is pulled.
+WORKLOADS = {
+    "fsync": "i=0; while :; do i=$((i+1)); dd if=/dev/urandom of=/root/torture/f$((i % 50)) bs=64k count=4 conv=fsync status=none; done",
+    "buffered": "i=0; while :; do i=$((i+1)); head -c 200000 /dev/urandom > /root/torture/b$((i % 50)); done",
+    "logs": 'while :; do logger -t torture "$(head -c 300 /dev/urandom | base64 -w 0)"; done',
+    "dpkg": "while :; do dpkg -i /root/torture/amberpi-torture.deb >/dev/null 2>&1; dpkg -r amberpi-torture >/dev/null 2>&1; done",
+}
+
+
+@dataclass
+class Trial:
+    number: int
+    workloads: list[str]
+    cut_after_seconds: float
+    reached_login: bool = False
+    boot_seconds: float | None = None
+    synced_kept: bool | None = None  # the previous trial's synced token, read in this boot
+    p1_p3_unchanged: bool | None = None
+    p4_fsck: str = ""
+    kernel_state: str = ""
+    note: str = ""
+
+
+def say(message: str) -> None:
+    print(f"torture: {message}", file=sys.stderr, flush=True)
+
+
+def build_test_image(work: Path) -> Path:
+    config = write_test_config(work)
+    output = work / "out-torture"
+    build = [sys.executable, str(REPO / "build.py"), "--board", "qemu", "--config", str(config), "--output", str(output)]
+    subprocess.run(build, check=True)
+    return next(output.glob("*.img"))
+
+
+def read_only_digest(image: Path) -> str:
+    """p1 (GRUB's environment block left out), p2 and p3."""
+    digest = hashlib.sha256()
+    offset, length = partition_range(image, 1)
+    with image.open("rb") as handle:
+        handle.seek(offset)
+        p1 = bytearray(handle.read(length))
+    at = next(i for i in range(0, len(p1), 512) if p1[i : i + len(GRUBENV_HEADER)] == GRUBENV_HEADER)
+    p1[at : at + 1024] = bytes(1024)
+    digest.update(p1)
+    for number in (2, 3):
+        digest.update(sha256_range(image, *partition_range(image, number)).encode())
+    return digest.hexdigest()
+
+
+def fsck_p4(disk: Path, scratch: Path) -> str:
+    """p4 as the device's next boot finds it, checked on a copy: its journal replayed first (what
+    a mount or the initramfs's e2fsck -p does after a cut), then a full read-only check.
+
+    'clean', 'clean after journal replay', 'repaired (exit N)' when a full e2fsck -fy had to fix
+    something, or 'damaged (exit N)' when it could not.
+    """
+    copy = extract_partition(disk, 4, scratch / "p4-check.img")
+    try:
+        replay = subprocess.run(["e2fsck", "-E", "journal_only", "-y", str(copy)], capture_output=True, text=True)
+        check = subprocess.run(["e2fsck", "-fn", str(copy)], capture_output=True, text=True)
+        if check.returncode == 0:
+            replayed = "recovering journal" in replay.stdout + replay.stderr
+            return "clean after journal replay" if replayed else "clean"
+        repair = subprocess.run(["e2fsck", "-fy", str(copy)], capture_output=True, text=True)
+        state = "repaired" if repair.returncode in (1, 2) else "damaged"
+        return f"{state} (exit {repair.returncode})"
+    finally:
+        copy.unlink(missing_ok=True)
+
+
+def tiny_package(work: Path) -> bytes:
+    """A small .deb for the dpkg workload (dpkg's own fsync-heavy path)."""
+    root = work / "torture-pkg"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "usr/share/amberpi-torture").mkdir(parents=True)
+    (root / "usr/share/amberpi-torture/data").write_bytes(bytes(range(256)) * 16)
+    control = ["Package: amberpi-torture", "Version: 1", "Architecture: all", "Maintainer: AmberPi <a@localhost>", "Description: load"]
+    (root / "DEBIAN/control").write_text("\n".join(control) + "\n")
+    deb = work / "amberpi-torture.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)], check=True, capture_output=True)
+    return deb.read_bytes()
+
+
+def upload(vm: VM, data: bytes, target: str) -> None:
+    """Through the serial console, base64 in lines (the package is a few kB)."""
+    import base64
+
+    text = base64.b64encode(data).decode()
+    vm.check(f": > {target}.b64")
+    for start in range(0, len(text), 512):
+        vm.check(f"echo {text[start : start + 512]} >> {target}.b64")
+    vm.check(f"base64 -d {target}.b64 > {target} && rm {target}.b64")
+
+
+def run_trial(trial: Trial, disk: Path, previous_token: str | None, package: bytes, args: argparse.Namespace, logs: Path) -> str | None:
+    """One boot, workload and cut; returns the token synced before the cut (None if none was)."""
+    vm = VM(disk, console_log=logs / f"trial-{trial.number:03d}.log")
+    token = None
+    try:
+        vm.start()
+        trial.boot_seconds = round(vm.wait_for_login(args.timeout), 1)
+        trial.reached_login = True
+        vm.login("root", args.password)
+        if previous_token is not None:
+            trial.synced_kept = vm.run("cat /root/torture/synced")[1] == previous_token
+        trial.kernel_state = vm.check("amberpi-kernel status | sed -n 's/^kernel partition: *//p'")
+        vm.check("mkdir -p /root/torture")
+        if "dpkg" in trial.workloads:
+            upload(vm, package, "/root/torture/amberpi-torture.deb")
+        for name in trial.workloads:
+            vm.check(f"(nohup sh -c '{WORKLOADS[name]}' >/dev/null 2>&1 &)")
+        token = f"trial-{trial.number}-{random.Random(trial.number).getrandbits(32):08x}"
+        vm.check(f"echo {token} > /root/torture/synced.new && mv /root/torture/synced.new /root/torture/synced && sync")
+        time.sleep(trial.cut_after_seconds)
+    except VMError as error:
+        trial.note = str(error).splitlines()[0]
+    finally:
+        vm.kill()
+        vm.close()
+    return token
+
+
+def print_table(trials: list[Trial], seed: int) -> None:
+    print(f"{'trial':<6}{'login':>7}{'boot':>7}{'synced':>8}{'p1-p3':>8}  {'p4 fsck':<28}{'cut':>6}  {'workload':<26}kernel partition")
+    for t in trials:
+        boot = f"{t.boot_seconds:.0f}s" if t.boot_seconds is not None else "-"
+        synced = "-" if t.synced_kept is None else ("kept" if t.synced_kept else "LOST")
+        same = "-" if t.p1_p3_unchanged is None else ("same" if t.p1_p3_unchanged else "CHANGED")
+        login = "yes" if t.reached_login else "NO"
+        print(
+            f"{t.number:<6}{login:>7}{boot:>7}{synced:>8}{same:>8}  {t.p4_fsck:<28}"
+            f"{t.cut_after_seconds:>5.1f}s  {','.join(t.workloads):<26}{t.kernel_state} {t.note}"
+        )
+    booted = sum(t.reached_login for t in trials)
+    kept = [t.synced_kept for t in trials if t.synced_kept is not None]
+    unchanged = [t.p1_p3_unchanged for t in trials if t.p1_p3_unchanged is not None]
+    fsck = [t.p4_fsck for t in trials if t.p4_fsck]
+    damaged = sum(1 for f in fsck if f.startswith("damaged"))
+    times = sorted(t.boot_seconds for t in trials if t.boot_seconds is not None)
+    median = f"{times[len(times) // 2]:.0f}s" if times else "-"
+    print(
+        f"\n{len(trials)} trials, seed {seed}: {booted}/{len(trials)} reached a login without a keypress "
+        f"(median {median}); synced data kept {sum(kept)}/{len(kept)}; p1-p3 unchanged {sum(unchanged)}/{len(unchanged)}; "
+        f"p4 after the cut: {sum(f.startswith('clean') for f in fsck)} clean (journal replays included), "
+        f"{sum(f.startswith('repaired') for f in fsck)} repaired by e2fsck -fy, {damaged} damaged"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=5, help="power cuts (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the delays and workload choices (default %(default)s)")
+    parser.add_argument("--image", type=Path, help="a qemu-board image (default: build the test image, cached)")
+    parser.add_argument("--password", default=TEST_PASSWORD, help="root's password in that image (default: the test image's)")
+    parser.add_argument("--max-cut", type=float, default=20, help="longest delay before the cut, in seconds (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds a boot may take to reach the login (default %(default)s)")
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/amberpi-torture"), help="scratch folder (default %(default)s)")
+    args = parser.parse_args()
+    if args.trials < 1:
+        parser.error("--trials must be at least 1")
+    work: Path = args.work.resolve()
+    logs = work / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    image = args.image.resolve() if args.image else build_test_image(work)
+    expected = read_only_digest(image)
+    package = tiny_package(work)
+    disk = work / "torture-disk.img"
+    subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
+    rng = random.Random(args.seed)
+    trials: list[Trial] = []
+    token: str | None = None
+    # One boot more than cuts: the last boot only checks what the last cut left.
+    for number in range(1, args.trials + 2):
+        last = number == args.trials + 1
+        workloads = [] if last else sorted(rng.sample(sorted(WORKLOADS), rng.randint(1, len(WORKLOADS))))
+        trial = Trial(number, workloads, 0 if last else round(rng.uniform(0, args.max_cut), 1))
+        token = run_trial(trial, disk, token, package, args, logs)
+        if not last:
+            trial.p4_fsck = fsck_p4(disk, work)
+            trial.p1_p3_unchanged = read_only_digest(disk) == expected
+        trials.append(trial)
+        say(f"trial {number}: {asdict(trial)}")
+        if not trial.reached_login:
+            say("the device no longer boots to a login: stopping")
+            break
+    print_table(trials, args.seed)
+    details = {"image": str(image), "seed": args.seed, "trials": [asdict(t) for t in trials]}
+    (work / "torture.json").write_text(json.dumps(details, indent=2))
+    return 1 if any(missed(t) for t in trials) else 0
+
+
+def missed(trial: Trial) -> bool:
+    """Whether a trial broke a promise: no login, synced data lost, p1-p3 changed, p4 damaged."""
+    return not trial.reached_login or trial.synced_kept is False or trial.p1_p3_unchanged is False or trial.p4_fsck.startswith("damaged")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
