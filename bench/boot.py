@@ -32,7 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import TEST_PASSWORD, write_test_config  # noqa: E402
+from tests.buildtools import build_test_image  # noqa: E402
+from tests.conftest import TEST_PASSWORD  # noqa: E402
 from tests.vm import VM, VMError, grub_append_to_cmdline  # noqa: E402
 
 # Console lines that end each phase, in boot order. A phase whose line never shows
@@ -59,15 +60,6 @@ class Boot:
 
 def say(message: str) -> None:
     print(f"bench-boot: {message}", file=sys.stderr, flush=True)
-
-
-def build_test_image(work: Path) -> Path:
-    """The boot tests' qemu image (root password TEST_PASSWORD), through the user's build cache."""
-    config = write_test_config(work)
-    output = work / "out-boot"
-    build = [sys.executable, str(REPO / "build.py"), "--board", "qemu", "--config", str(config), "--output", str(output)]
-    subprocess.run(build, check=True)
-    return next(output.glob("*.img"))
 
 
 def sparse_copy(image: Path, target: Path) -> Path:
@@ -151,7 +143,7 @@ def main() -> int:
     logs = work / "boot-logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
-    image = args.image.resolve() if args.image else build_test_image(work)
+    image = args.image.resolve() if args.image else build_test_image(work / "out-boot")
     say(f"booting {image} {args.boots} time(s), {'one disk carried over' if args.keep_state else 'each a fresh copy'}")
     boots = []
     disk = sparse_copy(image, work / "boot-disk.img")

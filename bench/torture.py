@@ -26,7 +26,6 @@ trial missed a promise.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import shutil
@@ -39,11 +38,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import TEST_PASSWORD, write_test_config  # noqa: E402
-from tests.imagetools import extract_partition, partition_range, sha256_range  # noqa: E402
+from tests.buildtools import build_test_image  # noqa: E402
+from tests.conftest import TEST_PASSWORD  # noqa: E402
+from tests.imagetools import extract_partition, read_only_hashes  # noqa: E402
 from tests.vm import VM, VMError  # noqa: E402
 
-GRUBENV_HEADER = b"# GRUB Environment Block\n"
 # The guest's workload: each line runs in the background until the plug is pulled.
 WORKLOADS = {
     "fsync": "i=0; while :; do i=$((i+1)); dd if=/dev/urandom of=/root/torture/f$((i % 50)) bs=64k count=4 conv=fsync status=none; done",
@@ -69,29 +68,6 @@ class Trial:
 
 def say(message: str) -> None:
     print(f"torture: {message}", file=sys.stderr, flush=True)
-
-
-def build_test_image(work: Path) -> Path:
-    config = write_test_config(work)
-    output = work / "out-torture"
-    build = [sys.executable, str(REPO / "build.py"), "--board", "qemu", "--config", str(config), "--output", str(output)]
-    subprocess.run(build, check=True)
-    return next(output.glob("*.img"))
-
-
-def read_only_digest(image: Path) -> str:
-    """p1 (GRUB's environment block left out), p2 and p3."""
-    digest = hashlib.sha256()
-    offset, length = partition_range(image, 1)
-    with image.open("rb") as handle:
-        handle.seek(offset)
-        p1 = bytearray(handle.read(length))
-    at = next(i for i in range(0, len(p1), 512) if p1[i : i + len(GRUBENV_HEADER)] == GRUBENV_HEADER)
-    p1[at : at + 1024] = bytes(1024)
-    digest.update(p1)
-    for number in (2, 3):
-        digest.update(sha256_range(image, *partition_range(image, number)).encode())
-    return digest.hexdigest()
 
 
 def fsck_p4(disk: Path, scratch: Path) -> str:
@@ -210,8 +186,8 @@ def main() -> int:
     logs = work / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
-    image = args.image.resolve() if args.image else build_test_image(work)
-    expected = read_only_digest(image)
+    image = args.image.resolve() if args.image else build_test_image(work / "out-torture")
+    expected = read_only_hashes(image)
     package = tiny_package(work)
     disk = work / "torture-disk.img"
     subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
@@ -226,7 +202,7 @@ def main() -> int:
         token = run_trial(trial, disk, token, package, args, logs)
         if not last:
             trial.p4_fsck = fsck_p4(disk, work)
-            trial.p1_p3_unchanged = read_only_digest(disk) == expected
+            trial.p1_p3_unchanged = read_only_hashes(disk) == expected
         trials.append(trial)
         say(f"trial {number}: {asdict(trial)}")
         if not trial.reached_login:

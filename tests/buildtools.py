@@ -16,6 +16,15 @@ from tests.vm import VM
 HOOK_NAME = "9999-test.hook.chroot"
 
 
+def build_test_image(output: Path) -> Path:
+    """The boot tests' qemu image (root password TEST_PASSWORD) built into output through the
+    user's build cache, as a user would (build.py): for the benchmarks run outside pytest."""
+    config = write_test_config(output.parent)
+    build = [sys.executable, str(REPO / "build.py"), "--board", "qemu", "--config", str(config), "--output", str(output)]
+    subprocess.run(build, check=True)
+    return next(output.glob("*.img"))
+
+
 def amberpi_mounts() -> list[str]:
     """Mounts of AmberPi's build workspaces still in /proc/mounts."""
     return [line for line in Path("/proc/mounts").read_text().splitlines() if "/amberpi-" in line.split()[1]]

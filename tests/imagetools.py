@@ -66,6 +66,27 @@ def sha256_range(path: Path, offset: int, length: int) -> str:
     return digest.hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    return sha256_range(path, 0, path.stat().st_size)
+
+
+GRUBENV_HEADER = b"# GRUB Environment Block\n"
+
+
+def read_only_hashes(image: Path) -> dict[int, str]:
+    """p2 and p3 whole; p1 with GRUB's 1024-byte environment block (found at a sector start)
+    left out: GRUB rewrites it at every boot, the running system writes nothing there."""
+    hashes = {number: sha256_range(image, *partition_range(image, number)) for number in (2, 3)}
+    offset, length = partition_range(image, 1)
+    with image.open("rb") as handle:
+        handle.seek(offset)
+        p1 = bytearray(handle.read(length))
+    at = next(i for i in range(0, len(p1), SECTOR) if p1[i : i + len(GRUBENV_HEADER)] == GRUBENV_HEADER)
+    p1[at : at + 1024] = bytes(1024)
+    hashes[1] = hashlib.sha256(p1).hexdigest()
+    return hashes
+
+
 ISO_VOLUME_DATE = 16 * 2048 + 830  # the primary volume descriptor's modification date
 
 

@@ -12,7 +12,6 @@ environment block (where GRUB claims the disk at each boot).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 import shutil
@@ -23,34 +22,11 @@ import pytest
 
 from amberpi.filesystems.fat import read_fat_file
 from tests.conftest import TEST_PASSWORD, BuiltImage
-from tests.imagetools import extract_partition, partition_range, sha256_range
+from tests.imagetools import extract_partition, read_only_hashes, sha256_file
 from tests.measurements import record
 from tests.vm import VM
 
 pytestmark = pytest.mark.boot
-
-GRUBENV_HEADER = b"# GRUB Environment Block\n"
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(4 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_only_hashes(image: Path) -> dict[int, str]:
-    """p2 and p3 whole; p1 with GRUB's 1024-byte environment block left out (found at a sector start)."""
-    hashes = {number: sha256_range(image, *partition_range(image, number)) for number in (2, 3)}
-    offset, length = partition_range(image, 1)
-    with image.open("rb") as handle:
-        handle.seek(offset)
-        p1 = bytearray(handle.read(length))
-    at = next(i for i in range(0, len(p1), 512) if p1[i : i + len(GRUBENV_HEADER)] == GRUBENV_HEADER)
-    p1[at : at + 1024] = bytes(1024)
-    hashes[1] = hashlib.sha256(p1).hexdigest()
-    return hashes
 
 
 def grubenv(image: Path, folder: Path) -> dict[str, str]:
@@ -75,7 +51,7 @@ def test_boot_login_overlay_persistence_and_a_copy_of_the_card_never_used(qemu_i
     disk, copy = tmp_path / "disk.img", tmp_path / "copy.img"
     for target in (disk, copy):
         subprocess.run(["cp", "--sparse=always", str(qemu_image.path), str(target)], check=True)
-    copy_before = file_hash(copy)
+    copy_before = sha256_file(copy)
     env_before = grubenv(disk, tmp_path)
     first_token = env_before["amberpi_token"]
     assert "amberpi_claim" not in env_before, "a fresh image has never been claimed"
@@ -113,7 +89,7 @@ def test_boot_login_overlay_persistence_and_a_copy_of_the_card_never_used(qemu_i
         vm.wait_exit()
         vm.close()
 
-        assert file_hash(copy) == copy_before, "the copy was not written"
+        assert sha256_file(copy) == copy_before, "the copy was not written"
         env = grubenv(disk, tmp_path)
         assert env.pop("amberpi_claim") == first_token
         second_token = env.pop("amberpi_token")
@@ -141,5 +117,5 @@ def test_boot_login_overlay_persistence_and_a_copy_of_the_card_never_used(qemu_i
         for log in ("console.log", "console-2.log"):
             if (tmp_path / log).exists():
                 shutil.copy2(tmp_path / log, qemu_image.output / log.replace("console", "console-boot-test"))
-    assert file_hash(copy) == copy_before, "the copy was neither used nor written, in either order"
+    assert sha256_file(copy) == copy_before, "the copy was neither used nor written, in either order"
     assert read_only_hashes(disk) == before, "p1-p3 are never written by the running system (but for grubenv)"
