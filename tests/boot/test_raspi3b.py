@@ -70,6 +70,13 @@ def test_pi3_image_boots_through_its_own_uboot_and_grub(pi3_image: BuiltImage, t
         assert "Raspberry Pi 3 Model B" in vm.check("tr -d '\\0' < /proc/device-tree/model")
         cmdline = vm.check("cat /proc/cmdline")
         assert "amberpi.kernel=current" in cmdline and "console=ttyS1,115200" in cmdline, "GRUB booted the kernel on p3"
+        # GRUB claims its disk through U-Boot's EFI block writes when they work (amberpi.claim=),
+        # else passes the token unwritten; either way the card is the one the initramfs took.
+        claimed = "amberpi.claim=" in cmdline
+        assert claimed or "amberpi.token=" in cmdline, cmdline
+        path = "wrote its claim through U-Boot" if claimed else "could not write grubenv (token path)"
+        record(f"pi3 image under -M raspi3b: GRUB {path}")
+        assert vm.check("cat /run/amberpi/system-partition") == "/dev/mmcblk0p2"
         assert vm.check("findmnt -n -o SOURCE /run/live/medium") == "/dev/mmcblk0p2"
         assert vm.check("findmnt -n -o SOURCE /run/live/persistence/mmcblk0p4") == "/dev/mmcblk0p4"
         assert vm.check("findmnt -n -o FSTYPE /") == "overlay"
