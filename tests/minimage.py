@@ -19,6 +19,7 @@ from amberpi.layout import plan_layout
 from amberpi.stages.disk import write_disk
 from amberpi.stages.release import ReleaseNames
 from tests.conftest import EPOCH
+from tests.imagetools import sha256_file
 
 IDENTITY = ImageIdentity("1a2b3c4d")
 KERNEL = "6.12.9-arm64"
@@ -92,7 +93,7 @@ def make_image(folder: Path, name: str = "amberpi-pi3", *, identity: ImageIdenti
     names = ReleaseNames(name)
     image = folder / names.image
     write_disk(image, partitions, files, identity.image_id)
-    digest = sha256(image)
+    digest = sha256_file(image)
     (folder / names.checksum).write_text(f"{digest}  {names.image}\n")
     report = {
         "image": names.image,
@@ -120,14 +121,6 @@ def compress(mini: MiniImage) -> Path:
     report["compressed"] = {"file": mini.names.compressed, "bytes": len(data), "sha256": digest}
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return mini.compressed
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def flip_byte(path: Path, offset: int) -> None:
