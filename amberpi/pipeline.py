@@ -31,6 +31,7 @@ from amberpi.trees import move_file, remove_tree
 
 WORKSPACE_ROOT = Path("/var/tmp")
 OUTPUT_LOCK = ".amberpi.lock"
+OUTPUT_ROOM_HINT = "free space there or choose another folder with --output; the files there are as they were"
 
 
 @dataclass
@@ -60,7 +61,7 @@ def check_room(output: Path, files: list[Path]) -> None:
         raise OutputError(
             f"the output folder has {free / 2**20:.0f} MiB free; the image and its files need {needed / 2**20:.0f} MiB",
             where=str(output),
-            hint="free space there or choose another folder with --output; the files there are as they were",
+            hint=OUTPUT_ROOM_HINT,
         )
 
 
@@ -348,7 +349,7 @@ class Pipeline:
                     raise OutputError(
                         f"cannot write {name} into the output folder: {describe(exc)}",
                         where=str(self.output_dir),
-                        hint="free space there or choose another folder with --output; the files there are as they were",
+                        hint=OUTPUT_ROOM_HINT,
                     ) from None
             # Only now, with every new file in place beside its target: a failure above left the
             # earlier build's image and sidecars untouched.

@@ -26,6 +26,7 @@ trial missed a promise.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import random
 import shutil
@@ -107,8 +108,6 @@ def tiny_package(work: Path) -> bytes:
 
 def upload(vm: VM, data: bytes, target: str) -> None:
     """Through the serial console, base64 in lines (the package is a few kB)."""
-    import base64
-
     text = base64.b64encode(data).decode()
     vm.check(f": > {target}.b64")
     for start in range(0, len(text), 512):
