@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -171,6 +173,39 @@ class ToolMissing(AmberPiError):
 
 class StageError(AmberPiError):
     """A stage failed for a reason that is not a single tool's exit status."""
+
+
+NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", as tools print it
+
+
+def ran_out_of_room(exc: BaseException) -> bool:
+    """Whether a failure was a full file system: Python's own ENOSPC, or a tool that said so
+    (mksquashfs, mkfs, dpkg... remove what they wrote, so the room is back by the time we look)."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    lines = [*getattr(exc, "output_tail", []), str(exc)]
+    return any(NO_SPACE in line for line in lines)
+
+
+class OutOfRoomError(AmberPiError):
+    """A stage filled a file system it writes to: the cache folder or the workspace."""
+
+    def __init__(self, stage: str, failure: BaseException, places: Sequence[tuple[str, Path]], hint: str) -> None:
+        def free(path: Path) -> str:
+            try:
+                stat = os.statvfs(path)
+            except OSError:
+                return "gone"
+            return f"{stat.f_bavail * stat.f_frsize / 2**20:.0f} MiB free now"
+
+        super().__init__(
+            f"stage {stage} ran out of room: {NO_SPACE}",
+            where=", ".join(f"{what} {path} ({free(path)})" for what, path in places),
+            hint=hint,
+        )
+        said = describe(failure).splitlines()[0]
+        last_output = [line.strip() for line in getattr(failure, "output_tail", []) if NO_SPACE in line]
+        self.add_note(f"the stage's own error: {said}" + (f": {last_output[-1]}" if last_output else ""))
 
 
 class CacheError(AmberPiError):

@@ -22,7 +22,7 @@ from typing import Any
 from amberpi.cache import Cache, Incremental, locked, stage_key
 from amberpi.config import Config, load_board
 from amberpi.context import BuildContext, RunRecord, StageRecord
-from amberpi.errors import CacheError, OutputError, ToolError, UsageError, cleanup_after, describe
+from amberpi.errors import CacheError, OutOfRoomError, OutputError, ToolError, UsageError, cleanup_after, describe, ran_out_of_room
 from amberpi.log import LOG, format_age, format_duration
 from amberpi.stages import STAGES
 from amberpi.stages.base import Artefact, Stage, stage_inputs_key
@@ -31,6 +31,10 @@ from amberpi.trees import move_file, remove_tree
 
 WORKSPACE_ROOT = Path("/var/tmp")
 OUTPUT_LOCK = ".amberpi.lock"
+ROOM_HINT = (
+    "free space in the full one (`python3 build.py clean -f` deletes the whole cache), or choose another cache folder "
+    "with --cache-dir; what the cache held before is kept, the stage's half-made files were removed"
+)
 OUTPUT_ROOM_HINT = "free space there or choose another folder with --output; the files there are as they were"
 
 
@@ -291,6 +295,15 @@ class Pipeline:
         return self.artefacts[list(self.plan)[-1]]
 
     def run_stage(self, planned: PlannedStage, upstream: Mapping[str, Artefact], cache: Cache, workspace: Path) -> Artefact:
+        try:
+            return self.make_artefact(planned, upstream, cache, workspace)
+        except Exception as failure:
+            if not ran_out_of_room(failure):
+                raise
+            places = [("the cache folder", cache.root), ("the workspace folder", WORKSPACE_ROOT)]
+            raise OutOfRoomError(planned.stage.name, failure, places, hint=ROOM_HINT) from failure
+
+    def make_artefact(self, planned: PlannedStage, upstream: Mapping[str, Artefact], cache: Cache, workspace: Path) -> Artefact:
         stage = planned.stage
         if stage.cached:
             with cache.staging(stage.name, planned.key, planned.manifest) as out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -67,3 +68,31 @@ def test_a_full_output_folder_fails_before_writing_and_keeps_the_earlier_build(q
     out = tmp_path / "out"
     result = amberpi("--config", str(config), "--output", str(out), check=True)
     assert (out / "amberpi-qemu.img").stat().st_size == qemu_image.path.stat().st_size
+
+
+def test_a_full_cache_folder_names_the_stage_and_keeps_what_was_cached(qemu_image: BuiltImage, tmp_path: Path) -> None:
+    """The shared cache copied to a tmpfs with room for little more: a squashfs of another
+    compressor does not fit. Said as such; the entries that were there serve the next build."""
+    cache = Path(json.loads(amberpi("summary", "--json", check=True).stdout)["cache_dir"])
+    used = int(subprocess.run(["du", "-sb", str(cache)], capture_output=True, text=True, check=True).stdout.split()[0])
+    small = tmp_path / "cache"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={(used >> 20) + 64}m", "amberpi-test-full", str(small)], check=True)
+    try:
+        subprocess.run(["cp", "-a", f"{cache}/.", str(small)], check=True)
+        config = write_test_config(tmp_path, squashfs_compression="gzip")
+        out = tmp_path / "out"
+        result = amberpi("--config", str(config), "--cache-dir", str(small), "--output", str(out))
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert "error: stage squash ran out of room: No space left on device" in result.stderr
+        assert f"where: the cache folder {small} (" in result.stderr and "--cache-dir" in result.stderr
+        assert "the stage's own error: `mksquashfs" in result.stderr and "No space left on device" in result.stderr
+        assert "internal error" not in result.stderr
+        assert amberpi_mounts() == []
+        assert not list(small.glob("*/.tmp-*")), "no half-made entry is left"
+        assert not list(out.glob("*.img*"))
+        subprocess.run(["mount", "-o", f"remount,size={(used >> 20) + 2048}m", str(small)], check=True)
+        after = amberpi("--config", str(write_test_config(tmp_path)), "--cache-dir", str(small), "--output", str(out), check=True)
+        assert "squash      cached" in after.stderr, after.stderr[-3000:]
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

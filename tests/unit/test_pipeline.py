@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ from amberpi import pipeline as pipeline_module
 from amberpi.cache import Incremental
 from amberpi.config import Config
 from amberpi.context import BuildContext
-from amberpi.errors import CacheError, StageError, UsageError
+from amberpi.errors import CacheError, OutOfRoomError, StageError, ToolError, UsageError
 from amberpi.pipeline import Pipeline
 from amberpi.stages.base import Artefact, Stage
 
@@ -50,6 +52,10 @@ class Tree(Base):
     def run(self, inputs: Knob, upstream: Mapping[str, Artefact], out: Path) -> Artefact:
         RUNS.append(self.name)
         (out / "tree.txt").write_text(f"tree {inputs.value}\n")
+        if inputs.value == "tool-fills-disk":  # as mksquashfs does: says so, exits 1, removes its output
+            raise ToolError(["mksquashfs", "rootfs", "fs.squashfs"], 1, ["Write failed because No space left on device"], None)
+        if inputs.value == "python-fills-disk":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "tree.txt"))
         return Artefact(out, {"made_from": inputs.value})
 
 
@@ -220,6 +226,25 @@ def test_a_failing_stage_publishes_nothing_and_leaves_no_partial_cache_entry(bui
     seal_entries = [p for p in (tmp_path / "cache" / "seal").iterdir()]
     assert all((entry / "key.json").exists() for entry in seal_entries), "no partial entry"
     assert list((tmp_path / "work").iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["tool-fills-disk", "python-fills-disk"])
+def test_a_stage_that_fills_a_disk_says_which_and_keeps_the_cache(build, tmp_path: Path, how: str) -> None:  # type: ignore[no-untyped-def]
+    build()
+    KNOBS["tree"] = how
+    with pytest.raises(OutOfRoomError) as raised:
+        build()
+    text = raised.value.render()
+    assert "error: stage tree ran out of room: No space left on device" in text
+    assert f"where: the cache folder {tmp_path / 'cache'} (" in text and "MiB free now)" in text
+    assert f"the workspace folder {tmp_path / 'work'}" in text
+    assert "--cache-dir" in text and "clean -f" in text
+    if how == "tool-fills-disk":
+        assert "the stage's own error: `mksquashfs rootfs fs.squashfs` failed (exit status 1): Write failed because No space" in text
+    tree_entries = list((tmp_path / "cache" / "tree").iterdir())
+    assert tree_entries and all((entry / "key.json").exists() for entry in tree_entries), "the earlier entry kept, no half-made one"
+    del KNOBS["tree"]
+    assert build()[0]["seal"] == "cached", "the cache serves the next build"
 
 
 def test_keys_chain_and_cache_manifests_hold_no_secret(tmp_path: Path) -> None:
