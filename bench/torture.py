@@ -12,6 +12,10 @@ device's card would. Each trial boots it, logs in, checks that what the trial
 before synced is still there, starts a write-heavy workload in the guest (files
 written with fsync and without, a package installed with dpkg, log spam), marks
 a token synced, and kills QEMU after a random delay (SIGKILL: no shutdown).
+In some trials (--kernel-share) a kernel update runs beside the workload and
+the cut falls anywhere in it: `apt install` of trixie-backports' newer kernel
+(served from the host) while it is absent, else `amberpi-kernel reinstall` or
+`update-initramfs -u`, both of which rewrite the kernel partition (p3).
 Then, on the host: p4 checked by e2fsck on a copy (after its journal replay, as
 the device's boot does), p1-p3 compared with the image (p1 but for GRUB's
 environment block, which GRUB rewrites at every boot). The next trial's boot
@@ -42,6 +46,7 @@ sys.path.insert(0, str(REPO))
 from tests.buildtools import build_test_image  # noqa: E402
 from tests.conftest import TEST_PASSWORD  # noqa: E402
 from tests.imagetools import extract_partition, read_only_hashes  # noqa: E402
+from tests.kernel_repo import APT_LOCAL, GUEST_HOST, LOCAL_LIST, make_kernel_repo, serve  # noqa: E402
 from tests.vm import VM, VMError  # noqa: E402
 
 # The guest's workload: each line runs in the background until the plug is pulled.
@@ -50,6 +55,13 @@ WORKLOADS = {
     "buffered": "i=0; while :; do i=$((i+1)); head -c 200000 /dev/urandom > /root/torture/b$((i % 50)); done",
     "logs": 'while :; do logger -t torture "$(head -c 300 /dev/urandom | base64 -w 0)"; done',
     "dpkg": "while :; do dpkg -i /root/torture/amberpi-torture.deb >/dev/null 2>&1; dpkg -r amberpi-torture >/dev/null 2>&1; done",
+}
+# Kernel updates as a user runs them; an interrupted dpkg is finished first, as apt asks one to.
+APT_ENV = "DEBIAN_FRONTEND=noninteractive"
+KERNEL_UPDATES = {
+    "apt-install": f"dpkg --configure -a; {APT_ENV} {APT_LOCAL} -y -f install; {APT_ENV} {APT_LOCAL} -y install linux-image-arm64",
+    "reinstall": f"dpkg --configure -a; {APT_ENV} {APT_LOCAL} -y -f install; amberpi-kernel reinstall",
+    "update-initramfs": f"dpkg --configure -a; {APT_ENV} {APT_LOCAL} -y -f install; update-initramfs -u",
 }
 
 
@@ -61,8 +73,12 @@ class Trial:
     reached_login: bool = False
     boot_seconds: float | None = None
     synced_kept: bool | None = None  # the previous trial's synced token, read in this boot
+    # p1 and p2 bytes the image's, p3 the bytes the trial before left (a kernel update may rewrite it)
     p1_p3_unchanged: bool | None = None
+    p3_rewritten: bool | None = None
     p4_fsck: str = ""
+    kernel_update: str = ""  # the update this trial ran beside its workload ('' for none)
+    running_kernel: str = ""  # what this trial's boot ran: release and GRUB entry
     kernel_state: str = ""
     note: str = ""
 
@@ -115,8 +131,29 @@ def upload(vm: VM, data: bytes, target: str) -> None:
     vm.check(f"base64 -d {target}.b64 > {target} && rm {target}.b64")
 
 
-def run_trial(trial: Trial, disk: Path, previous_token: str | None, package: bytes, args: argparse.Namespace, logs: Path) -> str | None:
-    """One boot, workload and cut; returns the token synced before the cut (None if none was)."""
+def start_kernel_update(vm: VM, trial: Trial, new_kernel: str, port: int, rng: random.Random) -> None:
+    """Start this trial's kernel update in the background (its log kept on p4 for the record)."""
+    vm.check(f"echo 'deb [trusted=yes] http://{GUEST_HOST}:{port} ./' > {LOCAL_LIST}")
+    vm.check(f"{APT_LOCAL} update >/dev/null", timeout=300)
+    installed = vm.run(f"dpkg-query -W -f '${{Status}}' linux-image-{new_kernel} 2>/dev/null | grep -q 'ok installed'")[0] == 0
+    trial.kernel_update = rng.choice(["reinstall", "update-initramfs"]) if installed else "apt-install"
+    log = f"/root/torture/kernel-{trial.number:03d}.log"
+    vm.check(f"(nohup sh -c '{KERNEL_UPDATES[trial.kernel_update]}' >{log} 2>&1 &)")
+
+
+def run_trial(
+    trial: Trial,
+    disk: Path,
+    previous_token: str | None,
+    package: bytes,
+    kernel: tuple[str, int] | None,
+    args: argparse.Namespace,
+    logs: Path,
+) -> str | None:
+    """One boot, workload and cut; returns the token synced before the cut (None if none was).
+
+    kernel: (the newer kernel's version, the port its repository is served on) when this
+    trial runs a kernel update."""
     vm = VM(disk, console_log=logs / f"trial-{trial.number:03d}.log")
     token = None
     try:
@@ -126,8 +163,12 @@ def run_trial(trial: Trial, disk: Path, previous_token: str | None, package: byt
         vm.login("root", args.password)
         if previous_token is not None:
             trial.synced_kept = vm.run("cat /root/torture/synced")[1] == previous_token
+        entry = vm.check("tr ' ' '\\n' < /proc/cmdline | sed -n 's/^amberpi.kernel=//p'")
+        trial.running_kernel = f"{vm.check('uname -r')} ({entry})"
         trial.kernel_state = vm.check("amberpi-kernel status | sed -n 's/^kernel partition: *//p'")
         vm.check("mkdir -p /root/torture")
+        if kernel is not None:
+            start_kernel_update(vm, trial, *kernel, random.Random(trial.number))
         if "dpkg" in trial.workloads:
             upload(vm, package, "/root/torture/amberpi-torture.deb")
         for name in trial.workloads:
@@ -144,15 +185,19 @@ def run_trial(trial: Trial, disk: Path, previous_token: str | None, package: byt
 
 
 def print_table(trials: list[Trial], seed: int) -> None:
-    print(f"{'trial':<6}{'login':>7}{'boot':>7}{'synced':>8}{'p1-p3':>8}  {'p4 fsck':<28}{'cut':>6}  {'workload':<26}kernel partition")
+    print(
+        f"{'trial':<6}{'login':>7}{'boot':>7}{'synced':>8}{'p1-p3':>8}  {'p4 fsck':<28}{'cut':>7}  "
+        f"{'workload':<26}{'kernel update':<18}booted; kernel partition"
+    )
     for t in trials:
         boot = f"{t.boot_seconds:.0f}s" if t.boot_seconds is not None else "-"
         synced = "-" if t.synced_kept is None else ("kept" if t.synced_kept else "LOST")
         same = "-" if t.p1_p3_unchanged is None else ("same" if t.p1_p3_unchanged else "CHANGED")
         login = "yes" if t.reached_login else "NO"
+        update = t.kernel_update + (" (p3 new)" if t.p3_rewritten else "")
         print(
             f"{t.number:<6}{login:>7}{boot:>7}{synced:>8}{same:>8}  {t.p4_fsck:<28}"
-            f"{t.cut_after_seconds:>5.1f}s  {','.join(t.workloads):<26}{t.kernel_state} {t.note}"
+            f"{t.cut_after_seconds:>6.1f}s  {','.join(t.workloads):<26}{update:<18}{t.running_kernel}; {t.kernel_state} {t.note}"
         )
     booted = sum(t.reached_login for t in trials)
     kept = [t.synced_kept for t in trials if t.synced_kept is not None]
@@ -161,11 +206,13 @@ def print_table(trials: list[Trial], seed: int) -> None:
     damaged = sum(1 for f in fsck if f.startswith("damaged"))
     times = sorted(t.boot_seconds for t in trials if t.boot_seconds is not None)
     median = f"{times[len(times) // 2]:.0f}s" if times else "-"
+    updates = [t for t in trials if t.kernel_update]
     print(
-        f"\n{len(trials)} trials, seed {seed}: {booted}/{len(trials)} reached a login without a keypress "
+        f"\n{len(trials)} boots, {len(trials) - 1} cuts, seed {seed}: {booted}/{len(trials)} reached a login without a keypress "
         f"(median {median}); synced data kept {sum(kept)}/{len(kept)}; p1-p3 unchanged {sum(unchanged)}/{len(unchanged)}; "
         f"p4 after the cut: {sum(f.startswith('clean') for f in fsck)} clean (journal replays included), "
-        f"{sum(f.startswith('repaired') for f in fsck)} repaired by e2fsck -fy, {damaged} damaged"
+        f"{sum(f.startswith('repaired') for f in fsck)} repaired by e2fsck -fy, {damaged} damaged; "
+        f"{len(updates)} cuts during a kernel update, {sum(bool(t.p3_rewritten) for t in updates)} of them after p3 was written"
     )
 
 
@@ -176,11 +223,17 @@ def main() -> int:
     parser.add_argument("--image", type=Path, help="a qemu-board image (default: build the test image, cached)")
     parser.add_argument("--password", default=TEST_PASSWORD, help="root's password in that image (default: the test image's)")
     parser.add_argument("--max-cut", type=float, default=20, help="longest delay before the cut, in seconds (default %(default)s)")
+    parser.add_argument("--kernel-share", type=float, default=0.25, help="share of trials that update the kernel (default %(default)s)")
+    parser.add_argument(
+        "--max-kernel-cut", type=float, default=420, help="longest delay before the cut in a kernel trial, in seconds (default %(default)s)"
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds a boot may take to reach the login (default %(default)s)")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/amberpi-torture"), help="scratch folder (default %(default)s)")
     args = parser.parse_args()
     if args.trials < 1:
         parser.error("--trials must be at least 1")
+    if not 0 <= args.kernel_share <= 1:
+        parser.error("--kernel-share must be between 0 and 1")
     work: Path = args.work.resolve()
     logs = work / "logs"
     shutil.rmtree(logs, ignore_errors=True)
@@ -190,6 +243,18 @@ def main() -> int:
     package = tiny_package(work)
     disk = work / "torture-disk.img"
     subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
+    repo, new_kernel = make_kernel_repo(work / "kernel-repo") if args.kernel_share else (work, "")
+    with serve(repo) as port:
+        trials = run_trials(args, disk, expected, package, (new_kernel, port), logs)
+    print_table(trials, args.seed)
+    details = {"image": str(image), "seed": args.seed, "new_kernel": new_kernel, "trials": [asdict(t) for t in trials]}
+    (work / "torture.json").write_text(json.dumps(details, indent=2))
+    return 1 if any(missed(t) for t in trials) else 0
+
+
+def run_trials(
+    args: argparse.Namespace, disk: Path, expected: dict[int, str], package: bytes, kernel: tuple[str, int], logs: Path
+) -> list[Trial]:
     rng = random.Random(args.seed)
     trials: list[Trial] = []
     token: str | None = None
@@ -197,20 +262,22 @@ def main() -> int:
     for number in range(1, args.trials + 2):
         last = number == args.trials + 1
         workloads = [] if last else sorted(rng.sample(sorted(WORKLOADS), rng.randint(1, len(WORKLOADS))))
-        trial = Trial(number, workloads, 0 if last else round(rng.uniform(0, args.max_cut), 1))
-        token = run_trial(trial, disk, token, package, args, logs)
+        updates_kernel = not last and rng.random() < args.kernel_share
+        cut = 0 if last else round(rng.uniform(0, args.max_kernel_cut if updates_kernel else args.max_cut), 1)
+        trial = Trial(number, workloads, cut)
+        token = run_trial(trial, disk, token, package, kernel if updates_kernel else None, args, logs)
         if not last:
-            trial.p4_fsck = fsck_p4(disk, work)
-            trial.p1_p3_unchanged = read_only_hashes(disk) == expected
+            trial.p4_fsck = fsck_p4(disk, disk.parent)
+            hashes = read_only_hashes(disk)
+            trial.p3_rewritten = hashes[3] != expected[3]
+            trial.p1_p3_unchanged = all(hashes[n] == expected[n] for n in (1, 2)) and (bool(trial.kernel_update) or not trial.p3_rewritten)
+            expected[3] = hashes[3]
         trials.append(trial)
         say(f"trial {number}: {asdict(trial)}")
         if not trial.reached_login:
             say("the device no longer boots to a login: stopping")
             break
-    print_table(trials, args.seed)
-    details = {"image": str(image), "seed": args.seed, "trials": [asdict(t) for t in trials]}
-    (work / "torture.json").write_text(json.dumps(details, indent=2))
-    return 1 if any(missed(t) for t in trials) else 0
+    return trials
 
 
 def missed(trial: Trial) -> bool:

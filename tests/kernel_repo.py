@@ -22,6 +22,9 @@ from amberpi.stages.firmware import KEYRING, private_apt_options
 KERNEL_META = "linux-image-arm64"
 SUITE = "trixie-backports"
 GUEST_HOST = "10.0.2.2"
+# In the guest: a sources list of its own, so apt reads only the local repository.
+LOCAL_LIST = "/etc/apt/sources.list.d/amberpi-test.list"
+APT_LOCAL = f"apt-get -q -o Dir::Etc::SourceList={LOCAL_LIST} -o Dir::Etc::SourceParts=/nonexistent"
 
 
 def _apt_root(work: Path) -> list[str]:

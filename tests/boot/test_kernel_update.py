@@ -24,7 +24,7 @@ from amberpi.identity import ImageIdentity
 from amberpi.stages.persistence import PERSISTENCE_ENTRIES
 from tests.conftest import EPOCH, TEST_PASSWORD, BuiltImage
 from tests.imagetools import partition_range, sha256_range
-from tests.kernel_repo import GUEST_HOST, make_kernel_repo, serve
+from tests.kernel_repo import APT_LOCAL, GUEST_HOST, LOCAL_LIST, make_kernel_repo, serve
 from tests.measurements import record
 from tests.vm import VM
 
@@ -33,8 +33,6 @@ RESET_UUID = ImageIdentity("reset").partition_uuid("persistence")
 pytestmark = pytest.mark.boot
 
 POWERCUT_ROUNDS = int(os.environ.get("AMBERPI_POWERCUT_ROUNDS", "1"))
-LOCAL_LIST = "/etc/apt/sources.list.d/amberpi-test.list"
-APT_LOCAL = f"apt-get -q -o Dir::Etc::SourceList={LOCAL_LIST} -o Dir::Etc::SourceParts=/nonexistent"
 
 
 @dataclass
@@ -123,8 +121,11 @@ def test_1_apt_install_newer_kernel_boots_it(device: Device, kernel_repo: tuple[
         vm.check(f"{APT_LOCAL} update", timeout=300)
         started = time.monotonic()
         code, _ = vm.run(f"DEBIAN_FRONTEND=noninteractive {APT_LOCAL} -y install linux-image-arm64 > /root/apt.log 2>&1", timeout=2400)
+        seconds = time.monotonic() - started
         output = vm.check("tail -n 25 /root/apt.log; apt-get clean")
-        device.note(f"apt install of {version}: {time.monotonic() - started:.0f}s, exit {code}\n{output}")
+        initrds = vm.check(f"grep -c 'Generating /boot/initrd.img-{version}' /root/apt.log || true")
+        device.note(f"apt install of {version}: {seconds:.0f}s, exit {code}\n{output}")
+        device.note(f"apt install of {version} on the device, to ready to reboot: {seconds:.0f}s, {initrds} initrd made", measured=True)
     assert code == 0, output
     assert f"kernel partition now holds {version}" in output
     steps = re.findall(r"kernel partition now holds .*\[(\d+)s\]", output)
