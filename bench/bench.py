@@ -5,13 +5,15 @@ Run as root on the build machine (nothing else heavy beside it, or the figures l
 
     python3 bench/bench.py                     # everything, live-build included
     python3 bench/bench.py --skip-live-build   # AmberPi's three builds only
+    python3 bench/bench.py --skip-live-build --boot --boots 3   # and the boot to login, median of 3
 
 Each AmberPi build runs `build.py` with a cache folder of the benchmark's own, so the
 user's cache is neither used nor disturbed; the cold build starts from an empty one
 (.deb downloads included). live-build builds the same package set for arm64 (chroot,
 squashfs, kernel and initrd: `lb build` with a tar binary image) from the same mirror.
-The table is printed at the end and written to WORK/bench.json. Nothing is asserted:
-targets are read off the table.
+The table is printed at the end and written to WORK/bench.json. --boot then boots the
+test image under TCG (bench/boot.py, its own table: each phase and the median to the
+login). Nothing is asserted: targets are read off the tables.
 """
 
 from __future__ import annotations
@@ -210,7 +212,11 @@ def main() -> int:
     parser.add_argument("--live-build-only", action="store_true", help="only the live-build comparison")
     parser.add_argument("--live-build-limit", type=int, default=5400, help="stop live-build after this many seconds (default %(default)s)")
     parser.add_argument("--docker", action="store_true", help="also a cold build through the docker backend (builder image already made)")
+    parser.add_argument("--boot", action="store_true", help="then boot the test image under TCG to the login (bench/boot.py)")
+    parser.add_argument("--boots", type=int, default=1, help="with --boot: how many boots, for a median (default %(default)s)")
     args = parser.parse_args()
+    if args.boots < 1:
+        parser.error("--boots must be at least 1")
     if os.geteuid() != 0:
         sys.exit("bench: run as root (native builds and live-build both need it)")
     work: Path = args.work.resolve()
@@ -241,7 +247,16 @@ def main() -> int:
     print_table(rows, reference, xz)
     result = {"rows": [asdict(r) for r in rows], "xz_mib": xz[0] if xz else None}
     (work / ("live-build.json" if args.live_build_only else "bench.json")).write_text(json.dumps(result, indent=2))
-    return 0 if all(not row.note for row in rows) else 1
+    booted = boot_figures(work, args.boots) if args.boot else True
+    return 0 if all(not row.note for row in rows) and booted else 1
+
+
+def boot_figures(work: Path, boots: int) -> bool:
+    """bench/boot.py in the test environment (it drives the console with pexpect), after the builds."""
+    venv_python = REPO / ".venv/bin/python"
+    python = str(venv_python) if venv_python.exists() else sys.executable
+    print(flush=True)
+    return subprocess.run([python, str(REPO / "bench/boot.py"), "--boots", str(boots), "--work", str(work)], check=False).returncode == 0
 
 
 if __name__ == "__main__":
