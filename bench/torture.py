@@ -57,11 +57,12 @@ WORKLOADS = {
     "dpkg": "while :; do dpkg -i /root/torture/amberpi-torture.deb >/dev/null 2>&1; dpkg -r amberpi-torture >/dev/null 2>&1; done",
 }
 # Kernel updates as a user runs them; an interrupted dpkg is finished first, as apt asks one to.
-APT_ENV = "DEBIAN_FRONTEND=noninteractive"
+APT = f"DEBIAN_FRONTEND=noninteractive {APT_LOCAL} -y"
+FINISH_DPKG = f"dpkg --configure -a; {APT} -f install"
 KERNEL_UPDATES = {
-    "apt-install": f"dpkg --configure -a; {APT_ENV} {APT_LOCAL} -y -f install; {APT_ENV} {APT_LOCAL} -y install linux-image-arm64",
-    "reinstall": f"dpkg --configure -a; {APT_ENV} {APT_LOCAL} -y -f install; amberpi-kernel reinstall",
-    "update-initramfs": f"dpkg --configure -a; {APT_ENV} {APT_LOCAL} -y -f install; update-initramfs -u",
+    "apt-install": f"{FINISH_DPKG}; {APT} install linux-image-arm64",
+    "reinstall": f"{FINISH_DPKG}; amberpi-kernel reinstall",
+    "update-initramfs": f"{FINISH_DPKG}; update-initramfs -u",
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import subprocess
 import sys
 import time
@@ -9,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import REPO, TEST_PASSWORD, write_test_config
+from tests.conftest import REPO, TEST_PASSWORD, amberpi, write_test_config
 from tests.measurements import record
 from tests.vm import VM
 
@@ -23,6 +25,12 @@ def build_test_image(output: Path) -> Path:
     build = [sys.executable, str(REPO / "build.py"), "--board", "qemu", "--config", str(config), "--output", str(output)]
     subprocess.run(build, check=True)
     return next(output.glob("*.img"))
+
+
+@functools.cache
+def build_cache_dir() -> Path:
+    """The cache folder builds use when no --cache-dir is given (the shared one), as `summary` says."""
+    return Path(json.loads(amberpi("summary", "--json", check=True).stdout)["cache_dir"])
 
 
 def amberpi_mounts() -> list[str]:

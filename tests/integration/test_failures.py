@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.buildtools import amberpi_mounts, hook_config, hook_left_running, start_build_in_hook
+from tests.buildtools import amberpi_mounts, build_cache_dir, hook_config, hook_left_running, start_build_in_hook
 from tests.conftest import BuiltImage, amberpi, write_test_config
 
 pytestmark = pytest.mark.integration
@@ -73,7 +72,7 @@ def test_a_full_output_folder_fails_before_writing_and_keeps_the_earlier_build(q
 def test_a_full_cache_folder_names_the_stage_and_keeps_what_was_cached(qemu_image: BuiltImage, tmp_path: Path) -> None:
     """The shared cache copied to a tmpfs with room for little more: a squashfs of another
     compressor does not fit. Said as such; the entries that were there serve the next build."""
-    cache = Path(json.loads(amberpi("summary", "--json", check=True).stdout)["cache_dir"])
+    cache = build_cache_dir()
     used = int(subprocess.run(["du", "-sb", str(cache)], capture_output=True, text=True, check=True).stdout.split()[0])
     small = tmp_path / "cache"
     small.mkdir()

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.buildtools import amberpi_mounts
+from amberpi.pipeline import WORKSPACE_ROOT
+from tests.buildtools import amberpi_mounts, build_cache_dir
 from tests.conftest import REPO, BuiltImage, amberpi, write_test_config
 
 pytestmark = pytest.mark.integration
@@ -40,7 +41,7 @@ CASES: list[tuple[str, dict[str, object], list[str], signal.Signals]] = [
 
 
 def workspaces() -> set[Path]:
-    return set(Path("/var/tmp").glob("amberpi-*"))
+    return set(WORKSPACE_ROOT.glob("amberpi-*"))
 
 
 def half_made_cache_entries(cache: Path) -> list[Path]:
@@ -66,7 +67,7 @@ def interrupt_in(stage: str, config: Path, output: Path, extra: list[str], sig: 
 def test_a_signal_in_each_stage_stops_cleanly(
     qemu_image: BuiltImage, tmp_path: Path, stage: str, settings: dict[str, object], extra: list[str], sig: signal.Signals
 ) -> None:
-    cache = Path(json.loads(amberpi("summary", "--json", check=True).stdout)["cache_dir"])
+    cache = build_cache_dir()
     config = write_test_config(tmp_path, **settings)
     output = tmp_path / "out"
     before = workspaces()
