@@ -59,7 +59,19 @@ FORBIDDEN_ROOTS = (
 # Refused at or above: the container's package state, and the build's workspace root (which a bind
 # over /var/tmp would move onto the host). A folder beside them (/var/lib/jenkins/out) is fine.
 CONTAINER_FOLDERS = ("/var/lib/dpkg", "/var/lib/apt", "/var/tmp")
-PASSED_ENV = ("SOURCE_DATE_EPOCH", "QEMU_CPU", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+# What the build reads from its environment (amberpi/archive.py reads AMBERPI_ARCHIVE_MAX_AGE),
+# handed on to the build in the container.
+PASSED_ENV = (
+    "SOURCE_DATE_EPOCH",
+    "AMBERPI_ARCHIVE_MAX_AGE",
+    "QEMU_CPU",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+)
 
 # Capabilities the pipeline uses in the container; every other one is dropped (no privileged=True,
 # which also fails on engines whose bounding set lacks CAP_SYS_RESOURCE).

@@ -220,3 +220,12 @@ def test_staged_configs_a_killed_build_left_are_removed(tmp_path: Path, monkeypa
         pass
     assert not dead.exists(), "its build is gone"
     assert alive.exists(), "a running build's is left alone"
+
+
+def test_the_archive_age_setting_reaches_the_build_in_the_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The README's AMBERPI_ARCHIVE_MAX_AGE was read only by the host: the build in the container
+    # asked the mirror again after an hour, and a Debian update in between rebuilt the rootfs.
+    monkeypatch.setenv("AMBERPI_ARCHIVE_MAX_AGE", "21600")
+    monkeypatch.setenv("QEMU_CPU", "max")
+    plan = docker_backend.plan_container(request(tmp_path), "img", tmp_path / "cfg", (0, 0))
+    assert plan.environment["AMBERPI_ARCHIVE_MAX_AGE"] == "21600" and plan.environment["QEMU_CPU"] == "max"
