@@ -96,3 +96,41 @@ def iso_identity(iso: Path) -> str:
         handle.seek(ISO_VOLUME_DATE)
         digits = handle.read(16).decode(errors="replace")
     return "-".join([digits[0:4], *(digits[i : i + 2] for i in range(4, 16, 2))])
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def cpio_names(data: bytes) -> tuple[list[str], int]:
+    """The member names of the newc cpio archives at the start of `data`, and where they end."""
+    names: list[str] = []
+    offset = 0
+    while data[offset : offset + 6] in (b"070701", b"070702"):
+        header = data[offset : offset + 110]
+        size, name_size = int(header[54:62], 16), int(header[94:102], 16)
+        name = data[offset + 110 : offset + 110 + name_size - 1].decode()
+        offset = (offset + 110 + name_size + 3) & ~3
+        offset = (offset + size + 3) & ~3
+        if name == "TRAILER!!!":
+            # Archives may follow one another (early, then main), with zero padding between.
+            while offset < len(data) and data[offset] == 0:
+                offset += 1
+        else:
+            names.append(name)
+    return names, offset
+
+
+def initrd_members(initrd: bytes) -> list[str]:
+    """Every file name in an initramfs-tools initrd: uncompressed early archives, then the compressed main one."""
+    names, offset = cpio_names(initrd)
+    rest = initrd[offset:]
+    if not rest:
+        return names
+    tools = {ZSTD_MAGIC: ["zstd", "-dc"], XZ_MAGIC: ["xz", "-dc"], GZIP_MAGIC: ["gzip", "-dc"]}
+    tool = next((argv for magic, argv in tools.items() if rest.startswith(magic)), None)
+    if tool is None:
+        raise ValueError(f"initrd: unknown data at byte {offset}: {rest[:8].hex()}")
+    main, _ = cpio_names(subprocess.run(tool, input=rest, capture_output=True, check=True).stdout)
+    return names + main
