@@ -6,6 +6,11 @@ pexpect; `python3 tests/run.py --collect-only -q` makes .venv):
 
     .venv/bin/python bench/boot.py                        # the test image (built, or cached), 3 boots
     .venv/bin/python bench/boot.py --image X.img --password PW --boots 5
+    .venv/bin/python bench/boot.py --as-shipped           # without the tests' init_on_alloc=0
+
+The test image boots as the tests boot it: with init_on_alloc=0, which spares TCG the
+kernel's zeroing of every page it allocates (tests/conftest.py says why); --as-shipped
+builds it with the kernel command line a released image has.
 
 Each boot runs on its own sparse copy of the image, so every one is a first boot (SSH
 host keys, p4 growth: what a freshly flashed card does) unless --keep-state carries the
@@ -130,6 +135,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", type=Path, help="a qemu-board image (default: build the test image, cached)")
     parser.add_argument("--password", default=TEST_PASSWORD, help="root's password in that image (default: the test image's)")
+    parser.add_argument(
+        "--as-shipped",
+        action="store_true",
+        help="build the test image with the shipped kernel command line (the tests add init_on_alloc=0, see tests/conftest.py)",
+    )
     parser.add_argument("--boots", type=int, default=3, help="how many boots (default %(default)s)")
     parser.add_argument("--keep-state", action="store_true", help="boot one disk again and again (later boots, not first boots)")
     parser.add_argument("--cmdline", default="", help="typed at GRUB's menu onto the kernel command line, e.g. systemd.log_level=debug")
@@ -143,7 +153,12 @@ def main() -> int:
     logs = work / "boot-logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
-    image = args.image.resolve() if args.image else build_test_image(work / "out-boot")
+    if args.image:
+        image = args.image.resolve()
+    elif args.as_shipped:
+        image = build_test_image(work / "out-boot-shipped", emulated=False)
+    else:
+        image = build_test_image(work / "out-boot")
     say(f"booting {image} {args.boots} time(s), {'one disk carried over' if args.keep_state else 'each a fresh copy'}")
     boots = []
     disk = sparse_copy(image, work / "boot-disk.img")

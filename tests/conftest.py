@@ -45,13 +45,14 @@ class BuiltImage:
     output: Path
 
 
-def write_test_config(folder: Path, **extra: object) -> Path:
+def write_test_config(folder: Path, *, emulated: bool = True, **extra: object) -> Path:
+    """The tests' build config (`extra` settings on top); `emulated=False` keeps the shipped kernel command line."""
     import yaml
 
     # p4 at the image's default size: the kernel update tests prove a backports kernel
     # fits it (staging happens in /var/tmp, in RAM by default).
     data = {"root_password_hash": TEST_PASSWORD_HASH, **extra}
-    data["kernel_cmdline"] = " ".join(filter(None, [EMULATION_CMDLINE, str(extra.get("kernel_cmdline", ""))]))
+    data["kernel_cmdline"] = " ".join(filter(None, [EMULATION_CMDLINE if emulated else "", str(extra.get("kernel_cmdline", ""))]))
     path = folder / "amberpi-test.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
