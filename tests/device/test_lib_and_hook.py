@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.device.devicekit import LIB, LIVE_BOOT_DISK, ROOTFS, SHELLS, fake_tool
+from tests.device.devicekit import LIB, LIVE_BOOT_DISK, ROOTFS, SHELLS
 
 HOOK = ROOTFS / "etc/initramfs-tools/hooks/amberpi"
 
@@ -187,78 +187,3 @@ def test_hook_copies_what_the_script_needs(shell: list[str], tmp_path: Path) -> 
     env["AMBERPI_LIB"] = str(tmp_path / "missing")
     result = subprocess.run([*shell, str(HOOK)], capture_output=True, text=True, env=env)
     assert result.returncode == 1 and "is missing" in result.stderr
-
-
-MODULES_HOOK = ROOTFS / "etc/initramfs-tools/hooks/amberpi-modules"
-LIVE_INITRAMFS_CONF = ROOTFS / "etc/live/boot/amberpi-initramfs.conf"
-FAKE_MODULE_FUNCTIONS = """
-manual_add_modules() {
-	echo "manual_add_modules $*" >> "$FAKE_LOG"
-}
-"""
-
-
-def modules_hook_env(tmp_path: Path, known: str) -> dict[str, str]:
-    """The hook's environment, with a modinfo that knows the modules in `known` for kernel 6.12-test."""
-    functions = tmp_path / "hook-functions"
-    functions.write_text(FAKE_MODULE_FUNCTIONS)
-    bin_dir = tmp_path / "bin"
-    body = f'[ "$1" = -k ] && [ "$2" = 6.12-test ] || exit 9\ncase " {known} " in *" $3 "*) exit 0 ;; esac\nexit 1\n'
-    fake_tool(bin_dir, "modinfo", body)
-    return {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "AMBERPI_HOOK_FUNCTIONS": str(functions),
-        "FAKE_LOG": str(tmp_path / "log"),
-        "version": "6.12-test",
-    }
-
-
-@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
-def test_modules_hook_adds_the_listed_modules(shell: list[str], tmp_path: Path) -> None:
-    env = {**modules_hook_env(tmp_path, "isofs virtio_blk sdhci-iproc"), "AMBERPI_INITRD_FILESYSTEMS": "isofs"}
-    env["AMBERPI_INITRD_DRIVERS"] = "virtio_blk sdhci-iproc"
-    assert subprocess.run([*shell, str(MODULES_HOOK), "prereqs"], capture_output=True, text=True).stdout.strip() == ""
-    result = subprocess.run([*shell, str(MODULES_HOOK)], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    assert (tmp_path / "log").read_text().splitlines() == [f"manual_add_modules {m}" for m in ("isofs", "virtio_blk", "sdhci-iproc")]
-
-
-@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
-def test_modules_hook_warns_of_a_missing_driver(shell: list[str], tmp_path: Path) -> None:
-    # The default list, against a kernel with none of the Pi's drivers (renamed, say): the qemu
-    # board's kernel update goes on, and the message names what is missing.
-    env = modules_hook_env(tmp_path, "isofs ext4 crc32c squashfs overlay loop virtio_blk virtio_mmio virtio_scsi")
-    result = subprocess.run([*shell, str(MODULES_HOOK)], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr
-    assert "kernel 6.12-test has no module bcm2835;" in result.stderr and "no module sdhci-iproc;" in result.stderr
-    assert "manual_add_modules virtio_blk" in (tmp_path / "log").read_text()
-
-
-@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
-def test_modules_hook_fails_without_a_file_system_module(shell: list[str], tmp_path: Path) -> None:
-    env = modules_hook_env(tmp_path, "isofs ext4 crc32c overlay loop virtio_blk")
-    env["AMBERPI_INITRD_DRIVERS"] = "virtio_blk"
-    result = subprocess.run([*shell, str(MODULES_HOOK)], capture_output=True, text=True, env=env)
-    assert result.returncode == 1
-    assert "kernel 6.12-test has no module squashfs; no initrd without it can mount this system" in result.stderr
-
-
-def test_modules_conf_asks_for_the_list() -> None:
-    conf = ROOTFS / "etc/initramfs-tools/conf.d/amberpi-modules"
-    settings = [line for line in conf.read_text().splitlines() if line and not line.startswith("#")]
-    assert settings == ["MODULES=list"]
-
-
-@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
-def test_live_boot_hook_config_keeps_network_drivers_out(shell: list[str], tmp_path: Path) -> None:
-    # live-boot's hook sources this file after hook-functions: its auto_add_modules must then add nothing.
-    log = tmp_path / "log"
-    code = (
-        f'auto_add_modules() {{ echo "auto $*" >> "{log}"; }}; . "{LIVE_INITRAMFS_CONF}"; auto_add_modules net; '
-        'echo "$MINIMAL $DISABLE_CDROM $DISABLE_NTFS $DISABLE_EXFAT $DISABLE_FUSE $DISABLE_DM_VERITY"'
-    )
-    result = subprocess.run([*shell, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["true"] * 6
-    assert not log.exists()

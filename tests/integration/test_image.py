@@ -19,7 +19,7 @@ from amberpi.filesystems.iso9660 import list_iso, read_iso_file, volume_id
 from amberpi.stages import STAGES
 from tests.buildtools import hook_config
 from tests.conftest import TEST_PASSWORD_HASH, BuiltImage, amberpi, write_test_config
-from tests.imagetools import extract_partition, initrd_members, iso_identity, partition_table, squashfs_cat, squashfs_list
+from tests.imagetools import extract_partition, iso_identity, partition_table, squashfs_cat, squashfs_list
 
 pytestmark = pytest.mark.integration
 
@@ -246,17 +246,3 @@ def test_what_a_hook_sees_is_keyed(qemu_image: BuiltImage, tmp_path: Path) -> No
     initrds = [read_iso_file(extract_partition(image, 3, tmp_path / f"p3-{n}.iso"), "/initrd.img") for n, image in enumerate(images)]
     assert initrds[0] == initrds[1]
     assert squashfs_cat(squashfs_of(images[1], tmp_path), "etc/motd") == f"second {run}\n".encode()
-
-
-def test_initrd_holds_what_finds_the_disk_and_little_else(parts: dict[str, Path]) -> None:
-    initrd = read_iso_file(parts["p3"], "/initrd.img")
-    members = initrd_members(initrd)
-    modules = {Path(name).name.split(".ko")[0] for name in members if ".ko" in Path(name).name}
-    # MODULES=list and hooks/amberpi-modules, not MODULES=most's ~1300 modules (40 MB).
-    assert len(initrd) < 20 << 20, f"initrd is {len(initrd) >> 20} MiB"
-    assert not [name for name in members if "/kernel/drivers/net/" in name or "/kernel/drivers/gpu/" in name]
-    for needed in ("isofs", "ext4", "squashfs", "overlay", "virtio_blk", "sdhci-iproc", "bcm2835", "dwc2", "usb-storage", "xhci-pci"):
-        assert needed in modules, f"the initrd lacks {needed}"
-    # live-boot's own scripts and AmberPi's premount scripts are still there.
-    assert any(name.endswith("scripts/live-premount/amberpi-mode") for name in members)
-    assert "usr/bin/live-boot" in members
