@@ -21,7 +21,7 @@ EPOCH = 1_700_000_000
 # Debian's kernel zeroes every page it allocates (CONFIG_INIT_ON_ALLOC_DEFAULT_ON). Under TCG that
 # zeroing is most of a boot: the page cache filled through squashfs, the loop device and the ISO
 # file took 46-99 s between the hand-over to systemd and its first line, and 11 s without it
-# (bench/boot.py, 2026-12-07). A Pi zeroes at memory speed, so images keep the default; the
+# (the same image, 2026-12-07; README, Boot time). A Pi zeroes at memory speed, so images keep the default; the
 # images the tests build and boot, and only they, turn it off. No test checks memory initialisation.
 EMULATION_CMDLINE = "init_on_alloc=0"
 # Fixed salt: the hash, and so the cache key of the customize stage, stays the same across runs.
