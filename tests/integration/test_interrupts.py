@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,7 +66,7 @@ def interrupt_in(stage: str, config: Path, output: Path, extra: list[str], sig: 
 
 @pytest.mark.parametrize(("stage", "settings", "extra", "sig"), CASES, ids=[f"{c[0]}-{c[3].name}" for c in CASES])
 def test_a_signal_in_each_stage_stops_cleanly(
-    qemu_image: BuiltImage, tmp_path: Path, stage: str, settings: dict[str, object], extra: list[str], sig: signal.Signals
+    qemu_image: BuiltImage, tmp_path: Path, stage: str, settings: dict[str, Any], extra: list[str], sig: signal.Signals
 ) -> None:
     cache = build_cache_dir()
     config = write_test_config(tmp_path, **settings)
