@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from amberpi.backends.builder import BASE_IMAGE, LABEL, ensure_builder_image
+from amberpi.backends.docker import PASSED_ENV as BUILD_ENV
 from amberpi.backends.engine import connect_engine
 from amberpi.errors import AmberPiError
 from amberpi.filesystems.fat import list_fat, read_fat_file
@@ -38,19 +39,10 @@ from tests.measurements import record
 pytestmark = pytest.mark.integration
 
 TEST_USER = "amberpi-docker-test"
-# The user's environment, as both builds see it: a SOURCE_DATE_EPOCH set for the native build (CI
-# systems set it) dates the docker build too, or the two keys differ from the epoch stage on.
-PASSED_ENV = (
-    "SOURCE_DATE_EPOCH",
-    "AMBERPI_ARCHIVE_MAX_AGE",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "PIP_INDEX_URL",
-    "PIP_CERT",
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-)
+# The user's environment, as both builds see it: what the build reads (a SOURCE_DATE_EPOCH set for
+# the native build must date the docker build too, or the keys differ from the epoch stage on),
+# and what pip needs to make the user's venv.
+PASSED_ENV = (*BUILD_ENV, "PIP_INDEX_URL", "PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 
 
 def engine_or_none() -> Any:
