@@ -7,13 +7,9 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import REPO, TEST_PASSWORD, amberpi, write_test_config
-from tests.measurements import record
-from tests.vm import VM
+from tests.conftest import REPO, amberpi, write_test_config
 
 HOOK_NAME = "9999-test.hook.chroot"
 
@@ -68,19 +64,3 @@ def start_build_in_hook(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
 
 def hook_left_running() -> str:
     return subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True, text=True).stdout.strip()
-
-
-@contextmanager
-def booted_copy(image: Path, folder: Path) -> Iterator[VM]:
-    """Boot a sparse copy of image to a root login; the VM is closed on the way out."""
-    copy = folder / "disk.img"
-    subprocess.run(["cp", "--sparse=always", str(image), str(copy)], check=True)
-    vm = VM(copy, console_log=folder / "console.log")
-    try:
-        vm.start()
-        seconds = vm.wait_for_login()
-        record(f"{image.name}: boot to login {seconds:.0f}s")
-        vm.login("root", TEST_PASSWORD)
-        yield vm
-    finally:
-        vm.close()
