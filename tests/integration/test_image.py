@@ -104,6 +104,19 @@ def test_kernel_partition_checksums(parts: dict[str, Path], qemu_image: BuiltIma
     assert f"\namberpi_krn_uuid={iso_identity(parts['p3'])}\n" in grubenv
 
 
+def test_initrd_compressed_for_quick_updates(parts: dict[str, Path]) -> None:
+    """The modules (.ko.xz) sit in the initrd's uncompressed first archive; the rest is zstd at
+    level 1 (etc/initramfs-tools/conf.d/amberpi-compress), which every kernel update on the
+    device makes again. A streamed zstd frame's window tells the level: 2^19 bytes at level 1,
+    2^22 at mkinitramfs's default 9."""
+    initrd = read_iso_file(parts["p3"], "/initrd.img")
+    frame = initrd.find(b"\x28\xb5\x2f\xfd")
+    assert initrd.startswith(b"070701") and frame > 0, "an uncompressed cpio archive, then a zstd frame"
+    header, window = initrd[frame + 4], initrd[frame + 5]
+    assert not header & 0x20, "streamed (no single-segment frame): the window descriptor follows"
+    assert 10 + (window >> 3) == 19, f"zstd window 2^{10 + (window >> 3)}: not level 1"
+
+
 def test_persistence_partition(parts: dict[str, Path], qemu_image: BuiltImage) -> None:
     conf = subprocess.run(["debugfs", "-R", "cat /persistence.conf", str(parts["p4"])], capture_output=True, text=True, check=True)
     assert conf.stdout == "/ union\n"
