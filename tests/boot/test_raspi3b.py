@@ -17,7 +17,9 @@ real Pi's watchdog is what only hardware proves.
 
 from __future__ import annotations
 
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ import pytest
 from tests.conftest import TEST_PASSWORD, BuiltImage
 from tests.imagetools import partition_range
 from tests.measurements import record
-from tests.vm import RaspiVM
+from tests.vm import LOGIN_PROMPT, RaspiVM
 
 pytestmark = pytest.mark.boot
 
@@ -46,25 +48,49 @@ def without_the_pi_watchdog(card: Path, folder: Path) -> None:
     subprocess.run(["mcopy", "-o", "-i", f"{card}@@{offset}", str(grub_cfg), "::grub/grub.cfg"], check=True)
 
 
-def test_pi3_image_boots_through_its_own_uboot_and_grub(pi3_image: BuiltImage, tmp_path: Path) -> None:
-    card = tmp_path / "sd.img"
+# QEMU's model of the Pi's SD host sometimes answers too late for the guest's driver under
+# TCG; the driver then gives up on a read and its error path dereferences NULL. That
+# boot never reaches a login: it is stopped at once and the card booted once more.
+SD_HOST_TIMEOUT = "sdhost-bcm2835 [0-9a-f]+.mmc: timeout waiting for hardware interrupt"
+OOPS = "Internal error: Oops"
+
+
+def boot_card(pi3_image: BuiltImage, folder: Path, attempt: int) -> tuple[RaspiVM, float, bool]:
+    """A fresh copy of the card booted to its login prompt, or to a kernel oops: returns the VM,
+    the seconds from the kernel's start, and whether it oopsed."""
+    card = folder / "sd.img"
     subprocess.run(["cp", "--sparse=always", str(pi3_image.path), str(card)], check=True)
     # QEMU's SD card must be a power of two in size: a larger card, as a real one is.
     size = card.stat().st_size
     with card.open("r+b") as handle:
         handle.truncate(1 << (size - 1).bit_length())
-    uboot = copy_from_p1(pi3_image.path, "u-boot.bin", tmp_path / "u-boot.bin")
-    device_tree = copy_from_p1(pi3_image.path, "bcm2837-rpi-3-b.dtb", tmp_path / "bcm2837-rpi-3-b.dtb")
-    without_the_pi_watchdog(card, tmp_path)
-    vm = RaspiVM(card, console_log=tmp_path / "console.log", uboot=uboot, device_tree=device_tree)
+    uboot = copy_from_p1(pi3_image.path, "u-boot.bin", folder / "u-boot.bin")
+    device_tree = copy_from_p1(pi3_image.path, "bcm2837-rpi-3-b.dtb", folder / "bcm2837-rpi-3-b.dtb")
+    without_the_pi_watchdog(card, folder)
+    vm = RaspiVM(card, console_log=folder / f"console-{attempt}.log", uboot=uboot, device_tree=device_tree)
+    vm.start()
+    # U-Boot's banner goes to the other UART before its console moves to this one.
+    vm.expect("Hit any key to stop autoboot", 300)
+    vm.expect("Booting: mmc 0", 300)
+    vm.expect("GNU GRUB", 600)
+    vm.expect("efi: EFI v[0-9.]+ by Das U-Boot", 600)  # the kernel names its EFI firmware
+    started = time.monotonic()
+    oopsed = vm.expect([LOGIN_PROMPT, OOPS], 1800) == 1
+    return vm, time.monotonic() - started, oopsed
+
+
+def test_pi3_image_boots_through_its_own_uboot_and_grub(pi3_image: BuiltImage, tmp_path: Path) -> None:
+    vm: RaspiVM | None = None
     try:
-        vm.start()
-        # U-Boot's banner goes to the other UART before its console moves to this one.
-        vm.expect("Hit any key to stop autoboot", 300)
-        vm.expect("Booting: mmc 0", 300)
-        vm.expect("GNU GRUB", 600)
-        vm.expect("efi: EFI v[0-9.]+ by Das U-Boot", 600)  # the kernel names its EFI firmware
-        seconds = vm.wait_for_login(1800)
+        for attempt in (1, 2):
+            vm, seconds, oopsed = boot_card(pi3_image, tmp_path, attempt)
+            if not oopsed:
+                break
+            console = (tmp_path / f"console-{attempt}.log").read_text(errors="replace")
+            vm.close()
+            assert attempt == 1 and re.search(SD_HOST_TIMEOUT, console), f"the kernel oopsed on boot {attempt}:\n{console[-3000:]}"
+            record("pi3 image under -M raspi3b: the emulated SD host timed out and the driver oopsed; booted again")
+        assert vm
         record(f"pi3 image under -M raspi3b: login after {seconds:.0f}s")
         vm.login("root", TEST_PASSWORD, timeout=300)
         assert "Raspberry Pi 3 Model B" in vm.check("tr -d '\\0' < /proc/device-tree/model")
@@ -82,4 +108,5 @@ def test_pi3_image_boots_through_its_own_uboot_and_grub(pi3_image: BuiltImage, t
         assert vm.check("findmnt -n -o FSTYPE /") == "overlay"
         assert vm.check("cat /proc/sys/kernel/hostname") == "amberpi"
     finally:
-        vm.close()
+        if vm:
+            vm.close()
