@@ -8,6 +8,7 @@ Needs root (the build and the boot tests use debootstrap, chroot and mounts).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import build  # noqa: E402 - the front door's venv helper, shared on purpose
+from amberpi.mirror import debootstrap_default_mirror, detect_host_mirrors  # noqa: E402 - standard library only
 from amberpi.tools import missing_tools, packages_for  # noqa: E402 - standard library only
 
 # What the tests call beyond the build's own tools (those the stages declare), each
@@ -63,6 +65,61 @@ def build_tools(python: Path) -> list[str]:
     return subprocess.run([str(python), "-P", "-c", query], capture_output=True, text=True, check=True, env=env).stdout.split()
 
 
+# QEMU before 8.1 runs a guest's 128-bit atomics (the arm64 kernel's slab allocator uses them on
+# every allocation) by stopping every vCPU and single-stepping; under bookworm's 7.2 the guest
+# stalled for seconds at a time (RCU stalls, soft lockups, a boot that never reached a login, an
+# emulated SD host timing out). bookworm-backports has 10.0, which uses the host's cmpxchg16b.
+QEMU_MIN = (8, 1)
+BACKPORTS_SOURCES = Path("/etc/apt/sources.list.d/amberpi-backports.sources")
+
+
+def qemu_version() -> tuple[int, int] | None:
+    if shutil.which("qemu-system-aarch64") is None:
+        return None
+    first = subprocess.run(["qemu-system-aarch64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    match = re.search(r"version (\d+)\.(\d+)", first)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def host_codename(os_release: Path = Path("/etc/os-release")) -> str:
+    fields = dict(line.split("=", 1) for line in os_release.read_text().splitlines() if "=" in line)
+    return fields.get("VERSION_CODENAME", "").strip('"')
+
+
+def ensure_recent_qemu(python: Path) -> None:
+    """qemu-system-aarch64 >= 8.1: from bookworm-backports on a bookworm host (the host's own mirror)."""
+    version = qemu_version()
+    if version is not None and version >= QEMU_MIN:
+        return
+    codename = host_codename()
+    if codename != "bookworm" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        found = "none" if version is None else ".".join(map(str, version))
+        print(
+            f"tests/run.py: qemu-system-aarch64 {found} found; {'.'.join(map(str, QEMU_MIN))} or newer is needed for guests "
+            "that do not stall under emulation (install it from your distribution's backports)",
+            file=sys.stderr,
+        )
+        return
+    archive, _ = detect_host_mirrors()
+    mirror = archive or debootstrap_default_mirror()
+    render = (
+        "import sys; from pathlib import Path; from amberpi.render import write_rendered; "
+        "write_rendered(Path(sys.argv[1]), 'host-backports.sources.j2', suite=sys.argv[2], mirror=sys.argv[3], reason=sys.argv[4])"
+    )
+    reason = f"QEMU {'.'.join(map(str, QEMU_MIN))} or newer (the boot tests' emulator)"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([str(python), "-P", "-c", render, str(BACKPORTS_SOURCES), codename, mirror, reason], check=True, env=env)
+    print(
+        f"tests/run.py: installing qemu-system-arm from {codename}-backports ({mirror}), see {BACKPORTS_SOURCES}",
+        file=sys.stderr,
+        flush=True,
+    )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "-q", "update"], check=True, env=env)
+    install = ["apt-get", "-q", "-y", "install", "--no-install-recommends", "-t", f"{codename}-backports", "qemu-system-arm"]
+    subprocess.run(install, check=True, env=env)
+
+
 def install_host_packages(tools: list[str]) -> None:
     absent = packages_for(missing_tools(tools))
     if not absent:
@@ -103,6 +160,7 @@ def main() -> int:
         print(shortfall, file=sys.stderr)
         return 2
     python = build.ensure_venv([REPO / "requirements.txt", REPO / "requirements-test.txt"])
+    ensure_recent_qemu(python)
     install_host_packages([*TEST_TOOLS, *build_tools(python)])
     # One archive state for the whole run (amberpi/archive.py): a Debian update published while
     # the suite runs must not turn a later strict build's cached stages into misses.
