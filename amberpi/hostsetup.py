@@ -9,6 +9,7 @@ from pathlib import Path
 
 from amberpi.errors import AmberPiError, BackendError, ToolMissing, UsageError
 from amberpi.log import LOG
+from amberpi.render import write_rendered
 from amberpi.run import run
 from amberpi.tools import missing_tools, package_of, packages_for
 
@@ -42,6 +43,12 @@ def install_tools(tools: list[str]) -> None:
             where="apt-get on this host",
             hint=f"install them by hand (apt-get install {' '.join(packages)}), then build again",
         ) from exc
+
+
+def write_backports_source(target: Path, suite: str, mirror: str, reason: str) -> None:
+    """An apt source for SUITE-backports on this host, e.g. for a newer emulator than the release has.
+    apt pins backports low: only what is asked for by name with -t SUITE-backports comes from it."""
+    write_rendered(target, "host-backports.sources.j2", suite=suite, mirror=mirror, reason=reason)
 
 
 # The kernel's binfmt_misc entry for arm64 ELF binaries, as qemu-user-static registers it.

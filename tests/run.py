@@ -102,10 +102,7 @@ def ensure_recent_qemu(python: Path) -> None:
         return
     archive, _ = detect_host_mirrors()
     mirror = archive or debootstrap_default_mirror()
-    render = (
-        "import sys; from pathlib import Path; from amberpi.render import write_rendered; "
-        "write_rendered(Path(sys.argv[1]), 'host-backports.sources.j2', suite=sys.argv[2], mirror=sys.argv[3], reason=sys.argv[4])"
-    )
+    render = "import sys, pathlib, amberpi.hostsetup as h; h.write_backports_source(pathlib.Path(sys.argv[1]), *sys.argv[2:])"
     reason = f"QEMU {'.'.join(map(str, QEMU_MIN))} or newer (the boot tests' emulator)"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([str(python), "-P", "-c", render, str(BACKPORTS_SOURCES), codename, mirror, reason], check=True, env=env)
