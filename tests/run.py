@@ -65,10 +65,10 @@ def build_tools(python: Path) -> list[str]:
     return subprocess.run([str(python), "-P", "-c", query], capture_output=True, text=True, check=True, env=env).stdout.split()
 
 
-# QEMU before 8.1 runs a guest's 128-bit atomics (the arm64 kernel's slab allocator uses them on
-# every allocation) by stopping every vCPU and single-stepping; under bookworm's 7.2 the guest
-# stalled for seconds at a time (RCU stalls, soft lockups, a boot that never reached a login, an
-# emulated SD host timing out). bookworm-backports has 10.0, which uses the host's cmpxchg16b.
+# Under bookworm's QEMU 7.2 the guest stalled for seconds at a time (RCU stalls, soft lockups, a
+# boot that never reached a login, an emulated SD host timing out); under bookworm-backports' 10.0
+# it did not. Likely why (QEMU's history, not traced here): before 8.1 a guest's 128-bit atomics,
+# which the arm64 kernel's slab allocator makes on nearly every allocation, stop every vCPU.
 QEMU_MIN = (8, 1)
 BACKPORTS_SOURCES = Path("/etc/apt/sources.list.d/amberpi-backports.sources")
 
@@ -111,10 +111,7 @@ def ensure_recent_qemu(python: Path) -> None:
         file=sys.stderr,
         flush=True,
     )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "-q", "update"], check=True, env=env)
-    install = ["apt-get", "-q", "-y", "install", "--no-install-recommends", "-t", f"{codename}-backports", "qemu-system-arm"]
-    subprocess.run(install, check=True, env=env)
+    apt_install(["qemu-system-arm"], "-t", f"{codename}-backports")
 
 
 def install_host_packages(tools: list[str]) -> None:
@@ -124,9 +121,14 @@ def install_host_packages(tools: list[str]) -> None:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         sys.exit(f"tests/run.py: missing Debian packages {' '.join(absent)}; run as root on Debian so they can be installed")
     print(f"tests/run.py: installing host packages: {' '.join(absent)}", file=sys.stderr, flush=True)
+    apt_install(absent)
+
+
+def apt_install(packages: list[str], *options: str) -> None:
+    """apt-get update, then install `packages` (`options` such as -t SUITE go to the install)."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "-q", "update"], check=True, env=env)
-    subprocess.run(["apt-get", "-q", "-y", "install", "--no-install-recommends", *absent], check=True, env=env)
+    subprocess.run(["apt-get", "-q", "-y", "install", "--no-install-recommends", *options, *packages], check=True, env=env)
 
 
 def disk_shortfall(args: list[str], need_gib: float = SUITE_DISK_GIB) -> str | None:
