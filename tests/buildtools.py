@@ -14,12 +14,12 @@ from tests.conftest import REPO, amberpi, write_test_config
 HOOK_NAME = "9999-test.hook.chroot"
 
 
-def build_test_image(output: Path, *, emulated: bool = True) -> Path:
-    """The boot tests' qemu image (root password TEST_PASSWORD) built into output through the
-    user's build cache, as a user would (build.py): for the benchmarks run outside pytest.
+def build_test_image(output: Path, *, emulated: bool = True, board: str = "qemu") -> Path:
+    """The boot tests' image of a board (root password TEST_PASSWORD) built into output through
+    the user's build cache, as a user would (build.py): for the benchmarks run outside pytest.
     `emulated=False`: the kernel command line as shipped (see conftest.EMULATION_CMDLINE)."""
     config = write_test_config(output.parent, emulated=emulated)
-    build = [sys.executable, str(REPO / "build.py"), "--board", "qemu", "--config", str(config), "--output", str(output)]
+    build = [sys.executable, str(REPO / "build.py"), "--board", board, "--config", str(config), "--output", str(output)]
     subprocess.run(build, check=True)
     return next(output.glob("*.img"))
 
