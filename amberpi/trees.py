@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import shutil
 from collections.abc import Iterator
@@ -81,6 +82,14 @@ def link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+
+
+def gzip_file(source: Path, target: Path) -> None:
+    """target: source gzip-compressed, the same bytes for the same input (no name, no date)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with source.open("rb") as plain, target.open("wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as packed:
+            shutil.copyfileobj(plain, packed, 4 << 20)
 
 
 def move_file(source: Path, target: Path) -> None:

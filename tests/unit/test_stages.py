@@ -8,9 +8,11 @@ run for real, and their output is read back.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import json
 import os
+import random
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -840,14 +842,31 @@ def test_iso_kernel_partition_has_checksums_that_verify(tmp_path: Path) -> None:
 
 def test_iso_too_small_a_kernel_partition_names_kernel_size_mib(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="kernel_size_mib") as info:
-        IsoStage().run(iso_inputs(kernel_size_mib=1), iso_upstream(tmp_path, kernel=bytes(2 << 20)), out_dir(tmp_path))
+        IsoStage().run(iso_inputs(kernel_size_mib=1), iso_upstream(tmp_path, kernel=noise(2 << 20)), out_dir(tmp_path))
     assert "needs 3 MiB but kernel_size_mib is 1" in info.value.what, "2 MiB of kernel and the ISO's own records, rounded up"
 
 
 def test_iso_too_small_message_rounds_the_needed_size_up(tmp_path: Path) -> None:
     with pytest.raises(StageError) as info:
-        IsoStage().run(iso_inputs(kernel_size_mib=1), iso_upstream(tmp_path, kernel=bytes(1 << 20)), out_dir(tmp_path))
+        IsoStage().run(iso_inputs(kernel_size_mib=1), iso_upstream(tmp_path, kernel=noise(1 << 20)), out_dir(tmp_path))
     assert "needs 2 MiB" in info.value.what
+
+
+def noise(size: int) -> bytes:
+    """Bytes gzip cannot shrink (the kernel partition holds the kernel compressed)."""
+    return random.Random(size).randbytes(size)
+
+
+def test_iso_kernel_partition_holds_the_kernel_gzip_compressed_the_same_every_time(tmp_path: Path) -> None:
+    kernel = b"ARM\x64 kernel Image " * 50_000
+    runs = []
+    for run in ("a", "b"):
+        out = out_dir(tmp_path / run)
+        IsoStage().run(iso_inputs(), iso_upstream(tmp_path / run, kernel=kernel), out)
+        runs.append(read_iso_file(out / "p3.iso", "/vmlinuz"))
+    assert gzip.decompress(runs[0]) == kernel and len(runs[0]) < len(kernel) / 10
+    assert runs[0] == runs[1], "no name or date in the gzip header: reproducible"
+    assert read_iso_file(out / "p2.iso", "/live/vmlinuz") == kernel, "p2's factory kernel stays as Debian ships it"
 
 
 # --- persistence (mkfs.ext4 and debugfs, for real) --------------------------------------------
