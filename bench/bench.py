@@ -6,6 +6,7 @@ Run as root on the build machine (nothing else heavy beside it, or the figures l
     python3 bench/bench.py                     # everything, live-build included
     python3 bench/bench.py --skip-live-build   # AmberPi's three builds only
     python3 bench/bench.py --skip-live-build --boot --boots 3   # and the boot to login, median of 3
+    python3 bench/bench.py --skip-live-build --raspi3b          # and the pi3 image's chain under -M raspi3b
 
 Each AmberPi build runs `build.py` with a cache folder of the benchmark's own, so the
 user's cache is neither used nor disturbed; the cold build starts from an empty one
@@ -13,7 +14,8 @@ user's cache is neither used nor disturbed; the cold build starts from an empty 
 squashfs, kernel and initrd: `lb build` with a tar binary image) from the same mirror.
 The table is printed at the end and written to WORK/bench.json. --boot then boots the
 test image under TCG (bench/boot.py, its own table: each phase and the median to the
-login). Nothing is asserted: targets are read off the tables.
+login); --raspi3b boots the pi3 test image's U-Boot, GRUB, kernel chain under -M raspi3b
+(bench/boot.py --raspi3b, once). Nothing is asserted: targets are read off the tables.
 """
 
 from __future__ import annotations
@@ -214,6 +216,7 @@ def main() -> int:
     parser.add_argument("--docker", action="store_true", help="also a cold build through the docker backend (builder image already made)")
     parser.add_argument("--boot", action="store_true", help="then boot the test image under TCG to the login (bench/boot.py)")
     parser.add_argument("--boots", type=int, default=1, help="with --boot: how many boots, for a median (default %(default)s)")
+    parser.add_argument("--raspi3b", action="store_true", help="then boot the pi3 test image under -M raspi3b, its chain timed")
     args = parser.parse_args()
     if args.boots < 1:
         parser.error("--boots must be at least 1")
@@ -247,16 +250,17 @@ def main() -> int:
     print_table(rows, reference, xz)
     result = {"rows": [asdict(r) for r in rows], "xz_mib": xz[0] if xz else None}
     (work / ("live-build.json" if args.live_build_only else "bench.json")).write_text(json.dumps(result, indent=2))
-    booted = boot_figures(work, args.boots) if args.boot else True
-    return 0 if all(not row.note for row in rows) and booted else 1
+    booted = boot_figures(work, "--boots", str(args.boots)) if args.boot else True
+    booted_pi3 = boot_figures(work / "raspi3b", "--raspi3b", "--boots", "1") if args.raspi3b else True
+    return 0 if all(not row.note for row in rows) and booted and booted_pi3 else 1
 
 
-def boot_figures(work: Path, boots: int) -> bool:
+def boot_figures(work: Path, *options: str) -> bool:
     """bench/boot.py in the test environment (it drives the console with pexpect), after the builds."""
     venv_python = REPO / ".venv/bin/python"
     python = str(venv_python) if venv_python.exists() else sys.executable
     print(flush=True)
-    return subprocess.run([python, str(REPO / "bench/boot.py"), "--boots", str(boots), "--work", str(work)], check=False).returncode == 0
+    return subprocess.run([python, str(REPO / "bench/boot.py"), *options, "--work", str(work)], check=False).returncode == 0
 
 
 if __name__ == "__main__":
