@@ -187,3 +187,42 @@ def test_hook_copies_what_the_script_needs(shell: list[str], tmp_path: Path) -> 
     env["AMBERPI_LIB"] = str(tmp_path / "missing")
     result = subprocess.run([*shell, str(HOOK)], capture_output=True, text=True, env=env)
     assert result.returncode == 1 and "is missing" in result.stderr
+
+
+MODULES_HOOK = ROOTFS / "etc/initramfs-tools/hooks/amberpi-modules"
+FAKE_MODULE_FUNCTIONS = """
+auto_add_modules() { echo "auto_add_modules $*" >> "$FAKE_LOG"; }
+manual_add_modules() { echo "manual_add_modules $*" >> "$FAKE_LOG"; }
+apply_add_modules() { echo "apply_add_modules" >> "$FAKE_LOG"; }
+"""
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_modules_hook_takes_the_local_boot_categories_only_with_a_list(shell: list[str], tmp_path: Path) -> None:
+    functions = tmp_path / "hook-functions"
+    functions.write_text(FAKE_MODULE_FUNCTIONS)
+    log = tmp_path / "log"
+    # What live-boot's hook has copied in before: its network drivers, beside the storage ones.
+    destdir, modules_dir = tmp_path / "initrd", "/lib/modules/6.12.0-arm64"
+    kernel = destdir / modules_dir.lstrip("/") / "kernel/drivers"
+    for module in ("net/virtio_net.ko.xz", "net/usb/lan78xx.ko.xz", "mmc/host/sdhci-iproc.ko.xz"):
+        (kernel / module).parent.mkdir(parents=True, exist_ok=True)
+        (kernel / module).write_text("")
+    env = {"PATH": os.environ["PATH"], "AMBERPI_HOOK_FUNCTIONS": str(functions), "FAKE_LOG": str(log), "DESTDIR": str(destdir)}
+    env["MODULESDIR"] = modules_dir
+    assert subprocess.run([*shell, str(MODULES_HOOK), "prereqs"], capture_output=True, text=True).stdout.strip() == ""
+    result = subprocess.run([*shell, str(MODULES_HOOK)], capture_output=True, text=True, env={**env, "MODULES": "most"})
+    assert result.returncode == 0 and not log.exists(), "MODULES=most (a user's choice) chooses by itself"
+    assert (kernel / "net/virtio_net.ko.xz").exists()
+    result = subprocess.run([*shell, str(MODULES_HOOK)], capture_output=True, text=True, env={**env, "MODULES": "list"})
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert calls == ["auto_add_modules base block mmc usb_storage", "manual_add_modules sd_mod virtio_scsi", "apply_add_modules"]
+    assert not {"net", "scsi", "fb"} & set(calls[0].split()), "no network drivers, host adapters or panels"
+    assert not (kernel / "net").exists(), "live-boot's network drivers taken out again"
+    assert (kernel / "mmc/host/sdhci-iproc.ko.xz").exists()
+
+
+def test_the_image_asks_for_the_modules_list() -> None:
+    conf = (ROOTFS / "etc/initramfs-tools/conf.d/amberpi-modules").read_text()
+    assert [line for line in conf.splitlines() if not line.startswith("#")] == ["MODULES=list"]

@@ -122,6 +122,37 @@ def test_initrd_compressed_for_quick_updates(parts: dict[str, Path]) -> None:
     assert 10 + (window >> 3) == 19, f"zstd window 2^{10 + (window >> 3)}: not level 1"
 
 
+def uncompressed_cpio_names(initrd: bytes) -> list[str]:
+    """Member names of the initrd's leading uncompressed cpio archives (newc), where the modules are."""
+    names, at = [], 0
+    while initrd.startswith(b"070701", at):
+        name_size, file_size = int(initrd[at + 94 : at + 102], 16), int(initrd[at + 54 : at + 62], 16)
+        name = initrd[at + 110 : at + 110 + name_size - 1].decode()
+        at = (at + 110 + name_size + 3) & ~3
+        at = (at + file_size + 3) & ~3
+        if name == "TRAILER!!!":
+            while at < len(initrd) and initrd[at] == 0:  # archives are padded apart
+                at += 1
+        else:
+            names.append(name)
+    return names
+
+
+def test_initrd_carries_the_modules_that_find_the_boot_medium_and_no_network_drivers(parts: dict[str, Path]) -> None:
+    """hooks/amberpi-modules (MODULES=list): SD/MMC hosts, USB hosts and storage, virtio; not
+    MODULES=most's network, GPU and InfiniBand drivers or SCSI host adapters."""
+    modules = {name.rsplit("/", 1)[-1].split(".ko")[0]: name for name in uncompressed_cpio_names(read_iso_file(parts["p3"], "/initrd.img"))}
+    modules = {name: path for name, path in modules.items() if ".ko" in path}
+    # The Pi 3 and 4 SD hosts, USB (dwc2; the Pi 4's VL805 on PCIe: xhci-pci, its reset line), virtio.
+    wanted = {"sdhci-iproc", "bcm2835", "dwc2", "usb-storage", "uas", "sd_mod", "reset-raspberrypi", "xhci-pci", "virtio_blk"}
+    wanted |= {"overlay", "isofs"}
+    assert wanted <= set(modules), f"missing: {wanted - set(modules)}"
+    unwanted = [path for path in modules.values() if "/drivers/net/" in path or "/drivers/gpu/" in path or "/drivers/infiniband/" in path]
+    assert not unwanted, unwanted[:10]
+    assert "mpt3sas" not in modules and "megaraid_sas" not in modules, "no SCSI host adapters"
+    assert len(modules) < 1100, f"{len(modules)} modules: MODULES=most (and live-boot's network drivers) take about 1350"
+
+
 def test_persistence_partition(parts: dict[str, Path], qemu_image: BuiltImage) -> None:
     conf = subprocess.run(["debugfs", "-R", "cat /persistence.conf", str(parts["p4"])], capture_output=True, text=True, check=True)
     assert conf.stdout == "/ union\n"
