@@ -149,7 +149,7 @@ def resumable_run(record: Path, disk: Path) -> Run:
         sys.exit(f"torture: the run in {record.parent} was stopped inside a trial, so its disk holds an unrecorded cut: start a new run")
     if len(run.trials) > run.cuts or (run.trials and not run.trials[-1].reached_login):
         sys.exit(f"torture: the run in {record.parent} has ended: start a new run")
-    if not Path(run.image).is_file() or read_only_hashes(Path(run.image))[2] != run.image_hashes[2]:
+    if not Path(run.image).is_file() or read_only_hashes(Path(run.image)) != run.image_hashes:
         sys.exit(f"torture: the run's image {run.image} is gone or was rebuilt: start a new run")
     return run
 
