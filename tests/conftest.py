@@ -53,6 +53,8 @@ def write_test_config(folder: Path, *, emulated: bool = True, **extra: object) -
     # fits it (staging happens in /var/tmp, in RAM by default).
     data = {"root_password_hash": TEST_PASSWORD_HASH, **extra}
     data["kernel_cmdline"] = " ".join(filter(None, [EMULATION_CMDLINE if emulated else "", str(extra.get("kernel_cmdline", ""))]))
+    # The benchmarks pass a scratch folder of the user's choosing that may not exist yet.
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "amberpi-test.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -9,6 +9,7 @@ from types import ModuleType
 
 import pytest
 
+from tests.conftest import write_test_config
 from tests.imagetools import read_only_hashes
 from tests.torture import WORKLOADS, Run, Trial, plan_trials
 
@@ -93,3 +94,9 @@ def test_resume_refuses_a_run_it_cannot_take_up(tmp_path: Path, small_image: Pat
         handle.seek(4096 * 512)
         handle.write(b"rebuilt")
     assert "rebuilt" in refusal()
+
+
+def test_the_test_config_goes_into_a_scratch_folder_that_does_not_exist_yet(tmp_path: Path) -> None:
+    """`bench/torture.py --work NEW` (and bench/boot.py) failed with FileNotFoundError before building."""
+    config = write_test_config(tmp_path / "new" / "work")
+    assert config.is_file() and "root_password_hash" in config.read_text()
