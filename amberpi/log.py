@@ -1,7 +1,9 @@
 """Progress lines, notes and the full build log.
 
 Everything human-facing goes to stderr; stdout is kept for data such as
-`summary --json`. Every line any tool prints also lands in the build log.
+`summary --json`. Every line any tool prints also lands in the build log,
+stamped with the seconds since the log was opened (`[  83.25] apt | ...`) so
+that the log shows where a build's time went (bench/buildlog.py sums it up).
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ def format_age(seconds: float) -> str:
     return "less than a minute"
 
 
+def log_stamp(seconds: float) -> str:
+    """A build log line's time stamp: seconds since the log was opened, like the kernel's."""
+    return f"[{seconds:8.2f}]"
+
+
 class Logger:
     """Quiet by default: one line per stage; `verbose` streams tool output too."""
 
@@ -44,11 +51,13 @@ class Logger:
         self.log_file: TextIO | None = None
         self.log_path: Path | None = None
         self.started = time.monotonic()
+        self.log_started = self.started
 
     def open_log(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = path
         self.log_file = path.open("a", encoding="utf-8", errors="replace")
+        self.log_started = time.monotonic()
 
     def close_log(self) -> None:
         if self.log_file:
@@ -57,7 +66,7 @@ class Logger:
 
     def _to_log(self, text: str) -> None:
         if self.log_file:
-            self.log_file.write(text + "\n")
+            self.log_file.write(f"{log_stamp(time.monotonic() - self.log_started)} {text}\n")
             self.log_file.flush()
 
     def tool_line(self, label: str, line: str) -> None:

@@ -15,7 +15,9 @@ squashfs, kernel and initrd: `lb build` with a tar binary image) from the same m
 The table is printed at the end and written to WORK/bench.json. --boot then boots the
 test image under TCG (bench/boot.py, its own table: each phase and the median to the
 login); --raspi3b boots the pi3 test image's U-Boot, GRUB, kernel chain under -M raspi3b
-(bench/boot.py --raspi3b, once). Nothing is asserted: targets are read off the tables.
+(bench/boot.py --raspi3b, once). After the table, bench/buildlog.py's account of the
+cold build's log: each stage split by kind of work, the costliest packages and steps.
+Nothing is asserted: targets are read off the tables.
 """
 
 from __future__ import annotations
@@ -248,6 +250,10 @@ def main() -> int:
         rows.append(lb_row)
         reference = lb_row.seconds if not lb_row.note else None
     print_table(rows, reference, xz)
+    cold_log = next((work / "out-cold").glob("*.build.log"), None)
+    if cold_log is not None:
+        print("\nwhere the cold build's time went (bench/buildlog.py):", flush=True)
+        subprocess.run([sys.executable, str(REPO / "bench/buildlog.py"), str(cold_log)], check=False)
     result = {"rows": [asdict(r) for r in rows], "xz_mib": xz[0] if xz else None}
     (work / ("live-build.json" if args.live_build_only else "bench.json")).write_text(json.dumps(result, indent=2))
     booted = boot_figures(work, "--boots", str(args.boots)) if args.boot else True
