@@ -8,9 +8,10 @@ A line is charged with the time until the next one: the tools print what they
 start ("Unpacking linux-image-… ...", "Setting up udev ...") and stay silent
 while they do it, so the silence after a line is the cost of that line's work.
 Printed: each stage's time, that time split by kind of work (download, unpack,
-configure, triggers, initramfs, hooks, other), the packages whose unpacking and
-configuration cost most (under qemu-user that is emulated work), and the
-longest single steps. Nothing here is exact to the second: a tool that prints
+configure, triggers, initramfs, hooks, other), update-initramfs split by its
+own hooks (the build runs it with -v: "Calling hook X"), the packages whose
+unpacking and configuration cost most (under qemu-user that is emulated work),
+and the longest single steps. Nothing here is exact to the second: a tool that prints
 nothing for a while charges that while to its last line.
 """
 
@@ -46,6 +47,11 @@ PACKAGE = re.compile(
 # debootstrap's summary lines ("I: Unpacking required packages...", "I: Configuring the base system...").
 NOT_PACKAGES = ("required", "the")
 INITRAMFS_LABELS = ("initramfs", "update-initramfs", "mkinitramfs")
+# mkinitramfs -v: "Calling hook live-boot", then "Building cpio /boot/initrd.img-… initramfs".
+INITRAMFS_HOOK = re.compile(r"^Calling hook (\S+)")
+INITRAMFS_CPIO = re.compile(r"^Building cpio\b")
+INITRAMFS_START = "before its hooks (modules, base binaries)"
+INITRAMFS_END = "after its hooks (depmod, cpio, compression)"
 
 
 @dataclass
@@ -57,6 +63,8 @@ class Step:
     kind: str
     package: str
     text: str
+    # For update-initramfs's lines: the part of its run (INITRAMFS_START, "hook X", INITRAMFS_END).
+    part: str = ""
 
 
 @dataclass
@@ -65,6 +73,7 @@ class Profile:
     stages: dict[str, float] = field(default_factory=dict)
     kinds: dict[str, dict[str, float]] = field(default_factory=dict)
     packages: list[tuple[str, float]] = field(default_factory=list)
+    initramfs: dict[str, float] = field(default_factory=dict)
     longest: list[Step] = field(default_factory=list)
 
 
@@ -77,11 +86,22 @@ def kind_of(label: str, message: str, hooks: bool) -> str:
     return "hooks" if hooks else "other"
 
 
+def initramfs_part(part: str, message: str) -> str:
+    """Which part of update-initramfs's run a line of its output belongs to, given the last line's."""
+    hook = INITRAMFS_HOOK.match(message)
+    if hook:
+        return f"hook {Path(hook.group(1)).name}"
+    if INITRAMFS_CPIO.match(message):
+        return INITRAMFS_END
+    return part or INITRAMFS_START
+
+
 def read_steps(lines: list[str]) -> list[Step]:
     """The log's lines with the time each one's work took; unstamped lines (an older log) are skipped."""
     stamped = [(float(m.group(1)), m.group(2)) for m in map(STAMPED.match, lines) if m]
     steps: list[Step] = []
     stage = "(before the first stage)"
+    part = ""
     for (stamp, text), (next_stamp, _) in zip(stamped, stamped[1:] + stamped[-1:], strict=True):
         progress = STAGE_LINE.match(text)
         if progress:
@@ -91,7 +111,10 @@ def read_steps(lines: list[str]) -> list[Step]:
         named = PACKAGE.match(message)
         package = named.group(1) if named and named.group(1) not in NOT_PACKAGES else ""
         hooks = label.endswith(".hook.chroot")
-        steps.append(Step(stage, next_stamp - stamp, kind_of(label, message, hooks), package, text))
+        kind = kind_of(label, message, hooks)
+        # A command line starts a new run: its part starts afresh.
+        part = initramfs_part("" if text.startswith("$ ") else part, message) if kind == "initramfs" else ""
+        steps.append(Step(stage, next_stamp - stamp, kind, package, text, part))
     return steps
 
 
@@ -99,13 +122,17 @@ def profile(steps: list[Step], top: int) -> Profile:
     result = Profile(total=sum(s.seconds for s in steps))
     kinds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     packages: dict[str, float] = defaultdict(float)
+    initramfs: dict[str, float] = defaultdict(float)
     for step in steps:
+        if step.part:
+            initramfs[step.part] += step.seconds
         result.stages[step.stage] = result.stages.get(step.stage, 0.0) + step.seconds
         kinds[step.stage][step.kind] += step.seconds
         if step.package and step.kind in ("extract", "unpack", "configure", "triggers"):
             packages[step.package] += step.seconds
     result.kinds = {stage: dict(split) for stage, split in kinds.items()}
     result.packages = sorted(packages.items(), key=lambda item: -item[1])[:top]
+    result.initramfs = dict(initramfs)
     result.longest = sorted(steps, key=lambda s: -s.seconds)[:top]
     return result
 
@@ -119,6 +146,9 @@ def print_profile(result: Profile) -> None:
         shown = ", ".join(f"{kind} {s:.0f}" for kind, s in split if s >= 0.5)
         print(f"{stage:<26}{seconds:>8.0f}   {shown}")
     print(f"{'all':<26}{result.total:>8.0f}")
+    if result.initramfs:
+        print("\nupdate-initramfs by part (s):")
+        print("  " + ", ".join(f"{part} {seconds:.1f}" for part, seconds in result.initramfs.items()))
     if result.packages:
         print("\npackages whose unpacking, configuration and triggers took longest (s):")
         print("  " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in result.packages))

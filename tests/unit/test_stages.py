@@ -421,7 +421,7 @@ def test_customize_runs_setup_hooks_initramfs_and_grub_in_the_chroot(fake_tools:
         ["/tmp/amberpi-hooks/000-10-users.hook.chroot"],
         ["/tmp/amberpi-hooks/001-20-motd.hook.chroot"],
         ["dpkg-divert", "--local", "--rename", "--remove", "/usr/sbin/update-initramfs"],
-        ["update-initramfs", "-c", "-k", KERNEL],
+        ["update-initramfs", "-v", "-c", "-k", KERNEL],
         ["grub-mkimage", "-O", "arm64-efi", "-p", "/grub", "-o", "/tmp/amberpi-grub/BOOTAA64.EFI", *GRUB_MODULES],
     ]
     assert_every_mount_released(fake_tools, tree)
