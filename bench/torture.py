@@ -133,7 +133,7 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     package = tiny_package(work)
     repo, run.new_kernel = make_kernel_repo(work / "kernel-repo") if run.kernel_share else (work, "")
-    with serve(repo) as port:
+    with serve(repo, work / "kernel-repo.log") as port:
         stop = StopRequest()
         run_trials(run, disk, package, port, Login(args.password, args.timeout), logs, record, lambda: stop.requested)
     print_table(run.trials, run.seed)

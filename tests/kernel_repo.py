@@ -70,10 +70,22 @@ def make_kernel_repo(folder: Path) -> tuple[Path, str]:
     return repo, versions[0]
 
 
+class QuietRequestHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files; its request lines (apt's 404s for index variants among them) go to a file, not stderr."""
+
+    request_log: Path | None = None
+
+    def log_message(self, format: str, *args: object) -> None:
+        if self.request_log is not None:
+            with self.request_log.open("a") as log:
+                log.write(f"{self.address_string()} {format % args}\n")
+
+
 @contextmanager
-def serve(repo: Path) -> Iterator[int]:
-    """Serve `repo` on 127.0.0.1 (an ephemeral port) for the duration."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(repo))
+def serve(repo: Path, request_log: Path | None = None) -> Iterator[int]:
+    """Serve `repo` on 127.0.0.1 (an ephemeral port) for the duration; requests logged to `request_log`."""
+    handler_class = type("RepoHandler", (QuietRequestHandler,), {"request_log": request_log})
+    handler = functools.partial(handler_class, directory=str(repo))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -116,7 +116,7 @@ def test_1_apt_install_newer_kernel_boots_it(device: Device, kernel_repo: tuple[
     system_before = device.partition_hash(2)
     vm = device.boot()
     assert device.kernel() == (device.factory, "current")
-    with serve(repo) as port:
+    with serve(repo, device.logs / "kernel-repo.log") as port:
         vm.check(f"echo 'deb [trusted=yes] http://{GUEST_HOST}:{port} ./' > {LOCAL_LIST}")
         vm.check(f"{APT_LOCAL} update", timeout=300)
         started = time.monotonic()

@@ -100,3 +100,21 @@ def test_the_test_config_goes_into_a_scratch_folder_that_does_not_exist_yet(tmp_
     """`bench/torture.py --work NEW` (and bench/boot.py) failed with FileNotFoundError before building."""
     config = write_test_config(tmp_path / "new" / "work")
     assert config.is_file() and "root_password_hash" in config.read_text()
+
+
+def test_the_kernel_repository_logs_requests_to_a_file_not_the_console(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """bench/torture.py's output was buried under the HTTP server's lines (apt asks for index variants that 404)."""
+    import urllib.error
+    import urllib.request
+
+    from tests.kernel_repo import serve
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "Packages").write_text("Package: x\n")
+    with serve(tmp_path / "repo", tmp_path / "requests.log") as port:
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/Packages").read() == b"Package: x\n"
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/Packages.xz")
+    assert capfd.readouterr().err == ""
+    requests = (tmp_path / "requests.log").read_text()
+    assert '"GET /Packages HTTP/1.1" 200' in requests and '"GET /Packages.xz HTTP/1.1" 404' in requests
