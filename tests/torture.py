@@ -234,10 +234,30 @@ def run_trials(
         run.trials.append(trial)
         run.disk_consistent = True
         run.save(record)
-        say(f"trial {trial.number}: {asdict(trial)}")
+        say(f"trial {trial.number} of {len(plan)}: {describe(trial)}{'  <- MISSED A PROMISE' if missed(trial) else ''}")
         if not trial.reached_login:
             say("the device no longer boots to a login: stopping")
             return
+
+
+def describe(trial: Trial) -> str:
+    """A trial in one line, in the order it happened: the boot, what it found, the cut, the host's checks."""
+    if not trial.reached_login:
+        return f"NO LOGIN ({trial.note or 'see its console log'})"
+    parts = [f"login after {trial.boot_seconds:.0f}s" if trial.boot_seconds is not None else "login"]
+    if trial.synced_kept is not None:
+        parts.append("the last cut's synced token found" if trial.synced_kept else "the last cut's synced token LOST")
+    if not trial.workloads:
+        return ", ".join([*parts, "the last boot (checks only)"])
+    update = f" beside a kernel update ({trial.kernel_update})" if trial.kernel_update else ""
+    parts.append(f"cut after {trial.cut_after_seconds:.1f}s of {','.join(trial.workloads)}{update}")
+    if trial.p4_fsck:
+        parts.append(f"p4 {trial.p4_fsck}")
+    if trial.p1_p3_unchanged is not None:
+        parts.append("p1-p3 as expected" if trial.p1_p3_unchanged else "p1-p3 CHANGED")
+    if trial.p3_rewritten:
+        parts.append("p3 rewritten by the update")
+    return ", ".join(parts)
 
 
 def missed(trial: Trial) -> bool:

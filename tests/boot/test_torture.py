@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import TEST_PASSWORD, BuiltImage
 from tests.imagetools import read_only_hashes
 from tests.measurements import record
-from tests.torture import Login, Run, missed, run_trials, tiny_package
+from tests.torture import Login, Run, describe, missed, run_trials, tiny_package
 
 pytestmark = pytest.mark.boot
 
@@ -36,9 +36,7 @@ def test_power_cuts_during_writes_boot_again_and_keep_synced_data(qemu_image: Bu
     run_trials(run, disk, tiny_package(tmp_path), 0, Login(TEST_PASSWORD, 900), logs, tmp_path / "torture.json", lambda: False)
 
     for trial in run.trials:
-        boot = f"{trial.boot_seconds:.0f}s" if trial.boot_seconds is not None else "no login"
-        cut = f"cut after {trial.cut_after_seconds}s of {','.join(trial.workloads)}" if trial.workloads else "the last check"
-        record(f"torture trial {trial.number} (seed {seed}): login {boot}, {cut}, p4 {trial.p4_fsck or '-'}")
+        record(f"torture trial {trial.number} (seed {seed}): {describe(trial)}")
     assert len(run.trials) == cuts + 1, f"the device stopped booting: {asdict(run.trials[-1])} (console logs in {logs})"
     broken = [asdict(t) for t in run.trials if missed(t)]
     assert not broken, f"trials that broke a promise (console logs in {logs}): {broken}"

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import write_test_config
 from tests.imagetools import read_only_hashes
-from tests.torture import WORKLOADS, Run, Trial, plan_trials
+from tests.torture import WORKLOADS, Run, Trial, describe, plan_trials
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,3 +118,16 @@ def test_the_kernel_repository_logs_requests_to_a_file_not_the_console(tmp_path:
     assert capfd.readouterr().err == ""
     requests = (tmp_path / "requests.log").read_text()
     assert '"GET /Packages HTTP/1.1" 200' in requests and '"GET /Packages.xz HTTP/1.1" 404' in requests
+
+
+def test_a_trial_is_told_in_one_line_in_the_order_it_happened() -> None:
+    trial = Trial(3, ["dpkg", "fsync"], 12.34, updates_kernel=True, reached_login=True, boot_seconds=51.6, synced_kept=True)
+    trial.p1_p3_unchanged, trial.p3_rewritten, trial.p4_fsck, trial.kernel_update = True, True, "clean after journal replay", "apt-install"
+    assert describe(trial) == (
+        "login after 52s, the last cut's synced token found, cut after 12.3s of dpkg,fsync beside a kernel update (apt-install), "
+        "p4 clean after journal replay, p1-p3 as expected, p3 rewritten by the update"
+    )
+    assert describe(Trial(4, [], 0, reached_login=True, boot_seconds=50, synced_kept=False)) == (
+        "login after 50s, the last cut's synced token LOST, the last boot (checks only)"
+    )
+    assert describe(Trial(5, ["logs"], 1.0, note="timed out after 900s")) == "NO LOGIN (timed out after 900s)"
