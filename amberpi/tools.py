@@ -19,7 +19,8 @@ TOOL_PACKAGES: dict[str, str] = {
     "apt-ftparchive": "apt-utils",
     "awk": "mawk",
     "bmaptool": "bmap-tools",
-    "busybox": "busybox",
+    # Static: the build runs it inside arm64 chroots (amberpi/nativecopy.py); the tests run scripts under its sh.
+    "busybox": "busybox-static",
     "chpasswd": "passwd",
     "chroot": "coreutils",
     "cp": "coreutils",

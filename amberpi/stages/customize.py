@@ -35,6 +35,7 @@ from amberpi.digests import digest_paths
 from amberpi.errors import StageError, ToolError, ToolTimeout
 from amberpi.log import LOG
 from amberpi.manifest import package_lines, query_packages
+from amberpi.nativecopy import native_module_copies
 from amberpi.render import TEMPLATES_DIR, write_rendered
 from amberpi.stages.base import Artefact, FileInput, Stage, resource, secret, unkeyed
 from amberpi.stages.packages import UPDATE_INITRAMFS
@@ -226,7 +227,8 @@ class CustomizeStage(Stage[CustomizeInputs]):
     version = 5
     needs = ("packages",)
     uses_facts = ("epoch",)
-    tools = ("chroot", "dpkg-query", *EMULATION_TOOLS)
+    # busybox: a static one makes update-initramfs's module copies native (amberpi/nativecopy.py).
+    tools = ("chroot", "dpkg-query", "busybox", *EMULATION_TOOLS)
 
     def inputs(self, build: BuildContext) -> CustomizeInputs:
         c = build.config
@@ -405,7 +407,9 @@ class CustomizeStage(Stage[CustomizeInputs]):
             return "reused"
         # mkinitramfs clamps the archive's times to SOURCE_DATE_EPOCH: the same inputs, the same initrd.
         # -v: a line per hook and file copied, so the build log shows where its minutes go.
-        session.run(["update-initramfs", "-v", "-c", "-k", version], label="initramfs", env={"SOURCE_DATE_EPOCH": str(epoch)})
+        with native_module_copies(tree) as copies:
+            LOG.detail(f"initramfs: {copies}")
+            session.run(["update-initramfs", "-v", "-c", "-k", version], label="initramfs", env={"SOURCE_DATE_EPOCH": str(epoch)})
         if store:
             with store.staging("initramfs", key, manifest) as entry:
                 shutil.copy2(initrd, entry / "initrd.img")

@@ -157,6 +157,17 @@ def test_initrd_carries_the_modules_that_find_the_boot_medium_and_no_network_dri
     assert len(modules) < 1100, f"{len(modules)} modules: MODULES=most (and live-boot's network drivers) take about 1350"
 
 
+def test_initramfs_module_copies_ran_natively(qemu_image: BuiltImage) -> None:
+    """A static busybox (busybox-static, which tests/run.py installs) takes dracut-install's copies
+    off qemu-user (amberpi/nativecopy.py); test_a_build_from_scratch_gives_the_same_image compares
+    such an initrd with one from the cache."""
+    log = (qemu_image.output / "amberpi-qemu.build.log").read_text()
+    if "update-initramfs -v" not in log:
+        pytest.skip("this session's initrd came from the cache: no update-initramfs ran")
+    assert "initramfs: module copies native (" in log
+    assert "dracut-install: cp " in log, "dracut-install copied the modules (update-initramfs -v shows each)"
+
+
 def test_persistence_partition(parts: dict[str, Path], qemu_image: BuiltImage) -> None:
     conf = subprocess.run(["debugfs", "-R", "cat /persistence.conf", str(parts["p4"])], capture_output=True, text=True, check=True)
     assert conf.stdout == "/ union\n"

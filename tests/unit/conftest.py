@@ -6,6 +6,7 @@ import io
 
 import pytest
 
+import amberpi.nativecopy
 from amberpi.log import LOG
 from tests.fakes import (
     FakeArchive,
@@ -18,6 +19,13 @@ from tests.fakes import (
 def fake_archive(monkeypatch: pytest.MonkeyPatch) -> FakeArchive:
     """No unit test reads a real mirror: the archive's Release files come from a FakeArchive (amberpi/archive.py)."""
     return use_fake_archive(monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def no_native_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's busybox does not change a unit test: update-initramfs's copies stay as they are
+    (tests/unit/test_nativecopy.py puts a static busybox in place where it wants one)."""
+    monkeypatch.setattr(amberpi.nativecopy, "static_busybox", lambda: None)
 
 
 @pytest.fixture
