@@ -226,3 +226,29 @@ def test_modules_hook_takes_the_local_boot_categories_only_with_a_list(shell: li
 def test_the_image_asks_for_the_modules_list() -> None:
     conf = (ROOTFS / "etc/initramfs-tools/conf.d/amberpi-modules").read_text()
     assert [line for line in conf.splitlines() if not line.startswith("#")] == ["MODULES=list"]
+
+
+NO_NETWORK_MODULES = ROOTFS / "etc/live/boot/amberpi-no-network-modules"
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_live_boots_hook_adds_no_network_drivers_and_every_other_category_still(shell: list[str], tmp_path: Path) -> None:
+    """live-boot's hook sources hook-functions, then /etc/live/boot/*, then asks for `net`: the
+    override makes that call do nothing and hands any other to initramfs-tools' own function."""
+    functions = tmp_path / "hook-functions"
+    functions.write_text(FAKE_MODULE_FUNCTIONS)
+    log = tmp_path / "log"
+    live_hook = tmp_path / "live"
+    live_hook.write_text(
+        f'#!/bin/sh\nset -e\n. "$AMBERPI_HOOK_FUNCTIONS"\nfor _FILE in {tmp_path}/boot/*; do . "$_FILE"; done\n'
+        "auto_add_modules net\nauto_add_modules base block\nmanual_add_modules loop\n"
+    )
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / NO_NETWORK_MODULES.name).write_text(NO_NETWORK_MODULES.read_text())
+    env = {"PATH": os.environ["PATH"], "AMBERPI_HOOK_FUNCTIONS": str(functions), "FAKE_LOG": str(log)}
+    result = subprocess.run([*shell, str(live_hook)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().splitlines() == ["auto_add_modules base block", "manual_add_modules loop"]
+    # At boot live-boot may read the file as configuration: it only defines a function.
+    sourced = subprocess.run([*shell, "-c", f'set -e; . "{NO_NETWORK_MODULES}"; echo sourced'], capture_output=True, text=True)
+    assert (sourced.returncode, sourced.stdout) == (0, "sourced\n")
