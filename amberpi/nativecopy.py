@@ -8,10 +8,11 @@ covered (bind mount) by a small script (templates/native-cp.j2) that hands exact
 dracut-install's call for module and firmware files to a static busybox of the
 build host, which runs without emulation; anything else goes to the chroot's own
 cp. Measured: the same initrd byte for byte (sha256), made in 87 s instead of
-127 s under qemu-user for ~1350 modules (README, "Build cache and speed").
+127 s under qemu-user for ~1350 modules (README, "Benchmark").
 
 Needs a statically linked busybox for the build host's architecture (Debian's
-busybox-static, which the host setup installs); without one, nothing changes.
+busybox-static: the host setup installs it where there is no busybox, the test
+runner in place of a dynamic one); without one, nothing changes.
 Nothing is written into the tree: the helpers live on the chroot's /run (the
 session's tmpfs, gone with it), and both mounts are gone when the block ends.
 """
