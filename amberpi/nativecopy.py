@@ -11,8 +11,8 @@ cp. Measured: the same initrd byte for byte (sha256), made in 87 s instead of
 127 s under qemu-user for ~1350 modules (README, "Benchmark").
 
 Needs a statically linked busybox for the build host's architecture (Debian's
-busybox-static: the host setup installs it where there is no busybox, the test
-runner in place of a dynamic one); without one, nothing changes.
+busybox-static, which the user installs; the host setup does not swap it for the
+dynamic busybox); without one, nothing changes.
 Nothing is written into the tree: the helpers live on the chroot's /run (the
 session's tmpfs, gone with it), and both mounts are gone when the block ends.
 """

@@ -21,8 +21,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "apt-ftparchive": "apt-utils",
     "awk": "mawk",
     "bmaptool": "bmap-tools",
-    # Static: the build runs it inside arm64 chroots (amberpi/nativecopy.py); the tests run scripts under its sh.
-    "busybox": "busybox-static",
+    "busybox": "busybox",
     "chpasswd": "passwd",
     "chroot": "coreutils",
     "cp": "coreutils",

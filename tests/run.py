@@ -8,7 +8,6 @@ Needs root (the build and the boot tests use debootstrap, chroot and mounts).
 from __future__ import annotations
 
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 import build  # noqa: E402 - the front door's venv helper, shared on purpose
 from amberpi.mirror import debootstrap_default_mirror, detect_host_mirrors  # noqa: E402 - standard library only
-from amberpi.tools import ELF_MACHINES, missing_tools, packages_for, static_busybox  # noqa: E402 - standard library only
+from amberpi.tools import missing_tools, packages_for  # noqa: E402 - standard library only
 
 # What the tests call beyond the build's own tools (those the stages declare), each
 # mapped to its Debian package by the one table in amberpi/tools.py.
@@ -125,15 +124,6 @@ def install_host_packages(tools: list[str]) -> None:
     apt_install(absent)
 
 
-def ensure_static_busybox() -> None:
-    """The build runs a static busybox inside its chroots (amberpi/nativecopy.py) and the tests check
-    that it did: a dynamic one (Debian's busybox) is swapped for busybox-static, its drop-in."""
-    # On an arm64 host nothing is emulated, and no busybox counts as static for the build.
-    if platform.machine() in ELF_MACHINES and static_busybox() is None and shutil.which("busybox") is not None:
-        print("tests/run.py: replacing busybox with busybox-static (the build runs it in arm64 chroots)", file=sys.stderr, flush=True)
-        apt_install(["busybox-static"])
-
-
 def apt_install(packages: list[str], *options: str) -> None:
     """apt-get update, then install `packages` (`options` such as -t SUITE go to the install)."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -171,7 +161,6 @@ def main() -> int:
     python = build.ensure_venv([REPO / "requirements.txt", REPO / "requirements-test.txt"])
     ensure_recent_qemu(python)
     install_host_packages([*TEST_TOOLS, *build_tools(python)])
-    ensure_static_busybox()
     # One archive state for the whole run (amberpi/archive.py): a Debian update published while
     # the suite runs must not turn a later strict build's cached stages into misses.
     env = {"AMBERPI_ARCHIVE_MAX_AGE": "21600", **os.environ}

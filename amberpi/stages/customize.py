@@ -227,8 +227,7 @@ class CustomizeStage(Stage[CustomizeInputs]):
     version = 5
     needs = ("packages",)
     uses_facts = ("epoch",)
-    # busybox: a static one makes update-initramfs's module copies native (amberpi/nativecopy.py).
-    tools = ("chroot", "dpkg-query", "busybox", *EMULATION_TOOLS)
+    tools = ("chroot", "dpkg-query", *EMULATION_TOOLS)
 
     def inputs(self, build: BuildContext) -> CustomizeInputs:
         c = build.config

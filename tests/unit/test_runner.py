@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import tests.run
 from amberpi.hostsetup import write_backports_source
-from tests.run import QEMU_MIN, SUITES, disk_shortfall, ensure_static_busybox, host_codename, qemu_version
+from tests.run import QEMU_MIN, SUITES, disk_shortfall, host_codename, qemu_version
 
 
 def test_a_full_run_on_a_small_disk_is_refused_with_how_to_fix() -> None:
@@ -57,16 +56,3 @@ def test_the_backports_source_names_the_suite_and_the_hosts_mirror(tmp_path: Pat
         "Components": "main",
         "Signed-By": "/usr/share/keyrings/debian-archive-keyring.gpg",
     }
-
-
-def test_a_dynamic_busybox_is_swapped_for_the_static_one_the_build_runs_in_its_chroots(monkeypatch: pytest.MonkeyPatch) -> None:
-    installed: list[list[str]] = []
-    monkeypatch.setattr(tests.run, "apt_install", lambda packages, *options: installed.append(packages))
-    monkeypatch.setattr(tests.run.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(tests.run.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(tests.run, "static_busybox", lambda: None)
-    ensure_static_busybox()
-    assert installed == [["busybox-static"]]
-    monkeypatch.setattr(tests.run, "static_busybox", lambda: Path("/usr/bin/busybox"))
-    ensure_static_busybox()
-    assert installed == [["busybox-static"]], "a static busybox is kept"
