@@ -19,14 +19,15 @@ session's tmpfs, gone with it), and both mounts are gone when the block ends.
 
 from __future__ import annotations
 
+import platform
 import shutil
+import struct
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from amberpi.mounts import mount
 from amberpi.render import write_rendered
-from amberpi.tools import static_busybox
 from amberpi.trees import resolve_inside
 
 # Inside the chroot; /run is the session's own tmpfs (amberpi/chroot.py).
@@ -34,6 +35,36 @@ HELPERS = "/run/amberpi-native"
 CHROOT_CP = "usr/bin/cp"
 # Where dracut-install takes files from that carry no extended attributes (cp -p would drop them).
 NATIVE_FOLDERS = ("/lib/modules", "/usr/lib/modules", "/lib/firmware", "/usr/lib/firmware")
+
+# ELF e_machine of the build hosts a chroot emulates arm64 on.
+ELF_MACHINES = {"x86_64": 62, "amd64": 62, "ppc64le": 21, "riscv64": 243}
+PT_INTERP = 3
+
+
+def is_static_executable(path: Path, machine: int) -> bool:
+    """An ELF executable for `machine` without a program interpreter: it runs inside any chroot."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return False  # 64-bit little-endian only, as the hosts in ELF_MACHINES are
+    (e_machine,) = struct.unpack_from("<H", data, 18)
+    (e_phoff,) = struct.unpack_from("<Q", data, 32)
+    e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
+    if e_machine != machine or e_phoff + e_phentsize * e_phnum > len(data):
+        return False
+    return all(struct.unpack_from("<I", data, e_phoff + i * e_phentsize)[0] != PT_INTERP for i in range(e_phnum))
+
+
+def static_busybox() -> Path | None:
+    """The build host's busybox if it is static and the host is not arm64 itself (nothing to emulate then)."""
+    machine = ELF_MACHINES.get(platform.machine())
+    found = shutil.which("busybox")
+    if machine is None or found is None:
+        return None
+    path = Path(found).resolve()
+    return path if is_static_executable(path, machine) else None
 
 
 @contextmanager

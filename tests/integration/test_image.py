@@ -17,8 +17,8 @@ import pytest
 from amberpi.digests import sha256_file
 from amberpi.filesystems.fat import list_fat, read_fat_file
 from amberpi.filesystems.iso9660 import list_iso, read_iso_file, volume_id
+from amberpi.nativecopy import static_busybox
 from amberpi.stages import STAGES
-from amberpi.tools import static_busybox
 from tests.buildtools import hook_config
 from tests.conftest import TEST_PASSWORD_HASH, BuiltImage, amberpi, write_test_config
 from tests.imagetools import extract_partition, iso_identity, partition_table, squashfs_cat, squashfs_list

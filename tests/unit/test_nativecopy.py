@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 import amberpi.nativecopy
-from amberpi.nativecopy import CHROOT_CP, HELPERS, native_module_copies
+from amberpi.nativecopy import CHROOT_CP, HELPERS, is_static_executable, native_module_copies
 from amberpi.render import write_rendered
-from amberpi.tools import is_static_executable
 from tests.fakes import FakeTools
 
 X86_64 = 62
