@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from tests.bootphases import RASPI3B_PHASES, VIRT_PHASES, Phase, time_phases  # noqa: E402
 from tests.buildtools import build_test_image  # noqa: E402
 from tests.conftest import TEST_PASSWORD  # noqa: E402
-from tests.raspi import raspi3b_vm  # noqa: E402
+from tests.raspi import CARD_NAME, raspi3b_vm  # noqa: E402
 from tests.vm import VM, VMError, grub_append_to_cmdline  # noqa: E402
 
 KERNEL_OOPS = "Internal error: Oops"
@@ -167,7 +167,7 @@ def main() -> int:
         boot = boot_once(number, disk, args, logs)
         say(f"boot {number}: {boot.seconds_to_login}s to login {boot.note}")
         boots.append(boot)
-    (work / "sd.img" if args.raspi3b else disk).unlink(missing_ok=True)
+    (work / CARD_NAME if args.raspi3b else disk).unlink(missing_ok=True)
     print_table(boots, RASPI3B_PHASES if args.raspi3b else VIRT_PHASES)
     (work / "boot.json").write_text(json.dumps({"image": str(image), "boots": [asdict(b) for b in boots]}, indent=2))
     return 0 if all(not b.note for b in boots) else 1

@@ -38,9 +38,13 @@ def without_the_pi_watchdog(card: Path, folder: Path) -> None:
     subprocess.run(["mcopy", "-o", "-i", f"{card}@@{offset}", str(grub_cfg), "::grub/grub.cfg"], check=True)
 
 
+# The SD card raspi3b_vm makes in the folder it is given.
+CARD_NAME = "sd.img"
+
+
 def raspi3b_vm(image: Path, folder: Path, console_log: Path) -> RaspiVM:
-    """A fresh copy of the image as the SD card of a Pi 3 B (not started)."""
-    card = folder / "sd.img"
+    """A fresh copy of the image as the SD card of a Pi 3 B (not started): FOLDER/CARD_NAME."""
+    card = folder / CARD_NAME
     subprocess.run(["cp", "--sparse=always", str(image), str(card)], check=True)
     # QEMU's SD card must be a power of two in size: a larger card, as a real one is.
     size = card.stat().st_size
